@@ -1,0 +1,40 @@
+//! The command line (SPEC §2).
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "switchyard", version, about = "An edge proxy for HTTP APIs, on Pingora.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `switchyard -c FILE` is `switchyard run -c FILE`.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load, validate and serve.
+    Run(RunArgs),
+    /// Validate the file only: every error as FILE:LINE:COL: message.
+    Check {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
+    /// Read an API key on stdin and print sha256:<hex> to put in the YAML.
+    HashKey,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The YAML config file.
+    #[arg(short = 'c', long = "config", default_value = "/etc/switchyard/switchyard.yaml")]
+    pub config: PathBuf,
+    /// Run in the background (Pingora's daemon mode).
+    #[arg(short = 'd', long)]
+    pub daemon: bool,
+    /// Take the listening sockets over from a running switchyard (graceful upgrade).
+    #[arg(short = 'u', long)]
+    pub upgrade: bool,
+}

@@ -1,0 +1,219 @@
+//! The configuration file: parsing, `${VAR}` interpolation, validation, storage.
+//!
+//! `parse` turns text into a [`Config`] or into every problem found, each with its YAML path
+//! and, where the parser kept it, line and column.
+
+mod env;
+mod locate;
+mod types;
+pub mod units;
+mod validate;
+
+pub use env::{process_env, substitute};
+pub use types::*;
+pub use validate::parse_cidr;
+
+use locate::Positions;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::Path;
+
+/// One thing wrong with a config, located as precisely as possible.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Problem {
+    pub path: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            path: path.into(),
+            line: None,
+            column: None,
+            message: message.into(),
+        }
+    }
+
+    /// `LINE:COL: path: message`, the form `switchyard check` prints after the file name.
+    pub fn located(&self) -> String {
+        let at = match (self.line, self.column) {
+            (Some(l), Some(c)) => format!("{l}:{c}: "),
+            _ => String::new(),
+        };
+        if self.path.is_empty() {
+            format!("{at}{}", self.message)
+        } else {
+            format!("{at}{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.located())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(Problem::located).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            ConfigError::Read { path, source } => {
+                vec![Problem::new("", format!("cannot read {path}: {source}"))]
+            }
+            ConfigError::Invalid(p) => p.clone(),
+        }
+    }
+
+    /// Every problem as `FILE:LINE:COL: message`, one per line.
+    pub fn render(&self, file: &str) -> String {
+        match self {
+            ConfigError::Read { .. } => self.to_string(),
+            ConfigError::Invalid(p) => p
+                .iter()
+                .map(|p| format!("{file}:{}", p.located()))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+/// A validated config with the exact text it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub raw: String,
+    /// sha256 of the raw bytes, hex.
+    pub hash: String,
+}
+
+pub fn hash_bytes(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Reads, parses and validates the file at `path` against the process environment.
+pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+    let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&raw, &process_env, path.parent())
+}
+
+/// Parses and validates `raw`. Relative file names (TLS certificates) are taken from `base`.
+pub fn parse(
+    raw: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    base: Option<&Path>,
+) -> Result<Loaded, ConfigError> {
+    let positions = Positions::of(raw);
+    let locate = |mut p: Problem| {
+        if p.line.is_none() {
+            if let Some(pos) = positions.find(&p.path) {
+                p.line = Some(pos.line);
+                p.column = Some(pos.column);
+            }
+        }
+        p
+    };
+    let mut value: serde_yaml::Value =
+        serde_yaml::from_str(raw).map_err(|e| ConfigError::Invalid(vec![yaml_problem(&e)]))?;
+    if value.is_null() {
+        value = serde_yaml::Value::Mapping(Default::default());
+    }
+    if let Err(missing) = env::interpolate(&mut value, lookup) {
+        let problems = missing
+            .into_iter()
+            .map(|m| {
+                locate(Problem::new(
+                    m.path,
+                    format!("${{{}}} has no value in the environment and no default", m.var),
+                ))
+            })
+            .collect();
+        return Err(ConfigError::Invalid(problems));
+    }
+    let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let message = e.inner().to_string();
+        ConfigError::Invalid(vec![locate(Problem::new(path, message))])
+    })?;
+    let problems = validate::validate(&config, base);
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems.into_iter().map(locate).collect()));
+    }
+    Ok(Loaded {
+        config,
+        raw: raw.to_string(),
+        hash: hash_bytes(raw.as_bytes()),
+    })
+}
+
+fn yaml_problem(e: &serde_yaml::Error) -> Problem {
+    let mut p = Problem::new("", format!("YAML syntax: {e}"));
+    if let Some(loc) = e.location() {
+        p.line = Some(loc.line());
+        p.column = Some(loc.column());
+        // serde_yaml appends " at line L column C"; it is already in the position.
+        if let Some(cut) = p.message.find(" at line ") {
+            p.message.truncate(cut);
+        }
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let l = parse("version: 1\n", &no_env, None).unwrap();
+        assert_eq!(l.config.admin.listen, "127.0.0.1:9901");
+        assert_eq!(l.config.server.grace_period_seconds, 10);
+    }
+
+    #[test]
+    fn unknown_field_is_located() {
+        let text = "version: 1\npools:\n  a:\n    backends: [{address: 127.0.0.1:1}]\n    balanse: random\n";
+        let err = parse(text, &no_env, None).unwrap_err();
+        let p = &err.problems()[0];
+        assert!(p.message.contains("unknown field `balanse`"), "{p:?}");
+        assert_eq!(p.path, "pools.a.balanse");
+        assert_eq!(p.line, Some(5));
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let err = parse("version: 1\nroutes: [\n  - a\n", &no_env, None).unwrap_err();
+        let p = &err.problems()[0];
+        assert!(p.line.is_some() && p.column.is_some(), "{p:?}");
+    }
+
+    #[test]
+    fn missing_env_var_is_an_error() {
+        let err = parse("admin:\n  api_key: ${NOPE_KEY}\n", &no_env, None).unwrap_err();
+        let p = &err.problems()[0];
+        assert_eq!(p.path, "admin.api_key");
+        assert_eq!(p.line, Some(2));
+    }
+}

@@ -1,0 +1,539 @@
+//! The YAML file's shape (SPEC §3). Unknown fields are errors everywhere.
+//!
+//! Keys of features that are not built yet are typed as raw YAML values so that they are
+//! recognised, and `validate` rejects them with "not supported yet" instead of ignoring them.
+
+use super::units::{Dur, Size};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub type Unsupported = Option<serde_yaml::Value>;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "d::version")]
+    pub version: u32,
+    #[serde(default)]
+    pub server: ServerSettings,
+    #[serde(default)]
+    pub admin: AdminSettings,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub edge: EdgeConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    #[serde(default = "d::threads")]
+    pub threads: usize,
+    #[serde(default = "d::pid_file")]
+    pub pid_file: String,
+    #[serde(default = "d::upgrade_sock")]
+    pub upgrade_sock: String,
+    #[serde(default = "d::grace_period")]
+    pub grace_period_seconds: u64,
+    #[serde(default = "d::graceful_shutdown_timeout")]
+    pub graceful_shutdown_timeout_seconds: u64,
+    /// Idle upstream connections kept per process for reuse.
+    #[serde(default = "d::keepalive_pool")]
+    pub upstream_keepalive_pool_size: usize,
+    /// Let idle worker threads take tasks from busy ones.
+    #[serde(default = "d::yes")]
+    pub work_stealing: bool,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            threads: d::threads(),
+            pid_file: d::pid_file(),
+            upgrade_sock: d::upgrade_sock(),
+            grace_period_seconds: d::grace_period(),
+            graceful_shutdown_timeout_seconds: d::graceful_shutdown_timeout(),
+            upstream_keepalive_pool_size: d::keepalive_pool(),
+            work_stealing: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    #[serde(default = "d::admin_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default = "d::history")]
+    pub history: usize,
+    #[serde(default)]
+    pub metrics_require_key: bool,
+    #[serde(default)]
+    pub tls: Unsupported,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            listen: d::admin_listen(),
+            api_key: None,
+            history: d::history(),
+            metrics_require_key: false,
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// Answer every request with a 308 to `https://host:PORT/...`.
+    #[serde(default)]
+    pub redirect_to_https: Option<u16>,
+    #[serde(default)]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub idle: Option<Dur>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    #[serde(default)]
+    pub certificates: Vec<CertificatePair>,
+    /// Names (DNS or IP) of an in-memory self-signed certificate made at start.
+    #[serde(default)]
+    pub self_signed: Vec<String>,
+    #[serde(default = "d::min_tls")]
+    pub min_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatePair {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    Random,
+    ConsistentHash,
+    LeastRequests,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    #[serde(default)]
+    pub balance: Balance,
+    /// `client_ip | header:NAME | cookie:NAME | query:NAME`, for `consistent_hash`.
+    #[serde(default)]
+    pub hash_on: Option<String>,
+    #[serde(default)]
+    pub health_check: HealthCheckConfig,
+    #[serde(default)]
+    pub passive_health: Unsupported,
+    #[serde(default)]
+    pub timeouts: PoolTimeouts,
+    #[serde(default)]
+    pub tls: UpstreamTls,
+    #[serde(default = "d::dns_refresh")]
+    pub dns_refresh: Dur,
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    Http,
+    #[default]
+    Tcp,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(default)]
+    pub kind: CheckKind,
+    #[serde(default = "d::health_path")]
+    pub path: String,
+    /// Host header of HTTP checks (default: the backend's address).
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "d::expect")]
+    pub expect: Vec<u16>,
+    #[serde(default = "d::check_interval")]
+    pub interval: Dur,
+    #[serde(default = "d::check_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "d::healthy_after")]
+    pub healthy_after: usize,
+    #[serde(default = "d::unhealthy_after")]
+    pub unhealthy_after: usize,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            kind: CheckKind::Tcp,
+            path: d::health_path(),
+            host: None,
+            expect: d::expect(),
+            interval: d::check_interval(),
+            timeout: d::check_timeout(),
+            healthy_after: d::healthy_after(),
+            unhealthy_after: d::unhealthy_after(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolTimeouts {
+    #[serde(default = "d::connect")]
+    pub connect: Dur,
+    #[serde(default = "d::read")]
+    pub read: Dur,
+    #[serde(default = "d::write")]
+    pub write: Dur,
+    /// How long an idle pooled upstream connection stays reusable.
+    #[serde(default = "d::idle")]
+    pub idle: Dur,
+}
+
+impl Default for PoolTimeouts {
+    fn default() -> Self {
+        PoolTimeouts {
+            connect: d::connect(),
+            read: d::read(),
+            write: d::write(),
+            idle: d::idle(),
+        }
+    }
+}
+
+/// `tls: false | true | {sni, verify, ca}` for connections to the backends.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum UpstreamTls {
+    Enabled(bool),
+    Settings(UpstreamTlsSettings),
+}
+
+impl Default for UpstreamTls {
+    fn default() -> Self {
+        UpstreamTls::Enabled(false)
+    }
+}
+
+impl UpstreamTls {
+    /// The effective settings, or `None` for plaintext.
+    pub fn settings(&self) -> Option<UpstreamTlsSettings> {
+        match self {
+            UpstreamTls::Enabled(false) => None,
+            UpstreamTls::Enabled(true) => Some(UpstreamTlsSettings::default()),
+            UpstreamTls::Settings(s) => Some(s.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSettings {
+    /// Server name sent and verified (default: the backend's host name).
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Verify the backend's certificate against the system's trusted roots.
+    #[serde(default = "d::yes")]
+    pub verify: bool,
+}
+
+impl Default for UpstreamTlsSettings {
+    fn default() -> Self {
+        UpstreamTlsSettings {
+            sni: None,
+            verify: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub address: String,
+    #[serde(default = "d::weight")]
+    pub weight: usize,
+    #[serde(default)]
+    pub drain: bool,
+    #[serde(default)]
+    pub models: Unsupported,
+    #[serde(default)]
+    pub api_key: Unsupported,
+    #[serde(default)]
+    pub max_inflight: Unsupported,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matcher: RouteMatch,
+    #[serde(default)]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub respond: Option<Respond>,
+    #[serde(default)]
+    pub openai: Unsupported,
+    #[serde(default)]
+    pub auth: Unsupported,
+    #[serde(default)]
+    pub rate_limit: Unsupported,
+    #[serde(default = "d::max_body")]
+    pub max_body: Size,
+    #[serde(default = "d::retries")]
+    pub retries: u32,
+    #[serde(default = "d::retry_on")]
+    pub retry_on: Vec<String>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub timeouts: RouteTimeouts,
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+    #[serde(default)]
+    pub request_headers: HeaderOps,
+    #[serde(default)]
+    pub response_headers: HeaderOps,
+    #[serde(default)]
+    pub cors: Unsupported,
+    /// Per-route override of `edge.security_headers`.
+    #[serde(default)]
+    pub security_headers: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default)]
+    pub host: Vec<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Respond {
+    #[serde(default = "d::respond_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTimeouts {
+    /// Overrides the pool's read timeout (gap between upstream reads).
+    #[serde(default)]
+    pub read: Option<Dur>,
+    /// Deadline for the whole request, from the first byte of its head to the last of the answer.
+    #[serde(default)]
+    pub total: Option<Dur>,
+    /// How long an upgraded (WebSocket) connection may stay silent.
+    #[serde(default = "d::websocket_idle_opt")]
+    pub websocket_idle: Option<Dur>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOps {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default = "d::yes")]
+    pub security_headers: bool,
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+    #[serde(default)]
+    pub header_timeout: Unsupported,
+    #[serde(default = "d::keepalive_timeout")]
+    pub keepalive_timeout: Dur,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            trusted_proxies: Vec::new(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            security_headers: true,
+            access_log: AccessLogConfig::default(),
+            header_timeout: None,
+            keepalive_timeout: d::keepalive_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    #[serde(default = "d::yes")]
+    pub enabled: bool,
+    #[serde(default = "d::log_format")]
+    pub format: String,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            enabled: true,
+            format: d::log_format(),
+        }
+    }
+}
+
+/// Default values, one function each because serde's `default =` takes a path.
+mod d {
+    use super::{Dur, Size};
+
+    pub fn version() -> u32 {
+        1
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn threads() -> usize {
+        2
+    }
+    pub fn pid_file() -> String {
+        "/tmp/switchyard.pid".into()
+    }
+    pub fn upgrade_sock() -> String {
+        "/tmp/switchyard_upgrade.sock".into()
+    }
+    pub fn grace_period() -> u64 {
+        10
+    }
+    pub fn graceful_shutdown_timeout() -> u64 {
+        5
+    }
+    pub fn keepalive_pool() -> usize {
+        128
+    }
+    pub fn admin_listen() -> String {
+        "127.0.0.1:9901".into()
+    }
+    pub fn history() -> usize {
+        20
+    }
+    pub fn min_tls() -> String {
+        "1.2".into()
+    }
+    pub fn health_path() -> String {
+        "/health".into()
+    }
+    pub fn expect() -> Vec<u16> {
+        vec![200]
+    }
+    pub fn check_interval() -> Dur {
+        Dur::secs(5)
+    }
+    pub fn check_timeout() -> Dur {
+        Dur::secs(2)
+    }
+    pub fn healthy_after() -> usize {
+        2
+    }
+    pub fn unhealthy_after() -> usize {
+        3
+    }
+    pub fn connect() -> Dur {
+        Dur::secs(2)
+    }
+    pub fn read() -> Dur {
+        Dur::secs(60)
+    }
+    pub fn write() -> Dur {
+        Dur::secs(60)
+    }
+    pub fn idle() -> Dur {
+        Dur::secs(90)
+    }
+    pub fn dns_refresh() -> Dur {
+        Dur::secs(30)
+    }
+    pub fn weight() -> usize {
+        1
+    }
+    pub fn max_body() -> Size {
+        Size(1 << 20)
+    }
+    pub fn retries() -> u32 {
+        2
+    }
+    pub fn retry_on() -> Vec<String> {
+        vec!["connect_error".into()]
+    }
+    pub fn respond_status() -> u16 {
+        200
+    }
+    pub fn websocket_idle_opt() -> Option<Dur> {
+        Some(Dur::secs(3600))
+    }
+    pub fn keepalive_timeout() -> Dur {
+        Dur::secs(60)
+    }
+    pub fn log_format() -> String {
+        "json".into()
+    }
+}

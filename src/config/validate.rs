@@ -1,0 +1,435 @@
+//! Semantic checks that serde cannot express. Every problem is collected, none stops the walk.
+
+use super::types::*;
+use super::Problem;
+use ipnet::IpNet;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+pub fn validate(c: &Config, base: Option<&Path>) -> Vec<Problem> {
+    let mut v = Validator {
+        problems: Vec::new(),
+        base: base.map(Path::to_path_buf),
+    };
+    v.config(c);
+    v.problems
+}
+
+/// Parses `10.0.0.0/8`, `::1/128` or a bare address (one host).
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let t = text.trim();
+    if let Ok(net) = t.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    t.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("invalid CIDR or IP address {text:?}"))
+}
+
+/// A backend address: `ip:port` or `host:port` (resolved at run time).
+pub fn check_host_port(text: &str) -> Result<(), String> {
+    if text.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad = || format!("invalid address {text:?}; write ip:port or host:port");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if host_ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+struct Validator {
+    problems: Vec<Problem>,
+    base: Option<PathBuf>,
+}
+
+impl Validator {
+    fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.problems.push(Problem::new(path, msg));
+    }
+
+    fn unsupported(&mut self, path: &str, value: &Unsupported, issue: &str) {
+        if value.as_ref().is_some_and(|v| !v.is_null()) {
+            self.err(path, format!("not supported yet ({issue})"));
+        }
+    }
+
+    fn cidrs(&mut self, path: &str, list: &[String]) {
+        for (i, c) in list.iter().enumerate() {
+            if let Err(e) = parse_cidr(c) {
+                self.err(format!("{path}[{i}]"), e);
+            }
+        }
+    }
+
+    fn resolve(&self, file: &str) -> PathBuf {
+        match &self.base {
+            Some(b) => b.join(file),
+            None => PathBuf::from(file),
+        }
+    }
+
+    fn config(&mut self, c: &Config) {
+        if c.version != 1 {
+            self.err("version", "only version 1 is known");
+        }
+        if c.server.threads == 0 {
+            self.err("server.threads", "must be at least 1");
+        }
+        self.admin(&c.admin);
+        self.listeners(c);
+        for (name, pool) in &c.pools {
+            self.pool(name, pool);
+        }
+        self.routes(c);
+        self.edge(&c.edge);
+    }
+
+    fn admin(&mut self, a: &AdminSettings) {
+        if a.listen.parse::<SocketAddr>().is_err() {
+            self.err("admin.listen", format!("invalid address {:?}; write ip:port", a.listen));
+        }
+        if let Some(key) = &a.api_key {
+            if let Some(hex) = key.strip_prefix("sha256:") {
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    self.err("admin.api_key", "sha256: must be followed by 64 hex digits");
+                }
+            } else if key.chars().count() < 32 {
+                self.err(
+                    "admin.api_key",
+                    "too short: use at least 32 characters of secret (or sha256:<hex> of one)",
+                );
+            }
+        }
+        self.unsupported("admin.tls", &a.tls, "admin TLS comes with the admin API");
+    }
+
+    fn listeners(&mut self, c: &Config) {
+        let mut names = HashSet::new();
+        let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
+        if let Ok(a) = c.admin.listen.parse::<SocketAddr>() {
+            addrs.insert(a, "admin.listen".into());
+        }
+        for (i, l) in c.listeners.iter().enumerate() {
+            let p = format!("listeners[{i}]");
+            if l.name.is_empty() {
+                self.err(format!("{p}.name"), "must not be empty");
+            } else if !names.insert(l.name.as_str()) {
+                self.err(format!("{p}.name"), format!("duplicate listener name {:?}", l.name));
+            }
+            match l.listen.parse::<SocketAddr>() {
+                Err(_) => self.err(
+                    format!("{p}.listen"),
+                    format!("invalid address {:?}; write ip:port", l.listen),
+                ),
+                Ok(a) => {
+                    if let Some(other) = addrs.insert(a, p.clone()) {
+                        self.err(format!("{p}.listen"), format!("{a} is already used by {other}"));
+                    }
+                }
+            }
+            match l.protocol {
+                Protocol::Tcp => {
+                    self.err(format!("{p}.protocol"), "tcp listeners are not supported yet");
+                    if l.tls.is_some() {
+                        self.err(format!("{p}.tls"), "a tcp listener cannot terminate TLS");
+                    }
+                }
+                Protocol::Http => {
+                    for (key, set) in [
+                        ("pool", l.pool.is_some()),
+                        ("idle", l.idle.is_some()),
+                        ("retries", l.retries.is_some()),
+                    ] {
+                        if set {
+                            self.err(format!("{p}.{key}"), "only for protocol: tcp listeners");
+                        }
+                    }
+                }
+            }
+            if l.redirect_to_https == Some(0) {
+                self.err(format!("{p}.redirect_to_https"), "must be a port number");
+            }
+            if let Some(tls) = &l.tls {
+                self.listener_tls(&format!("{p}.tls"), tls);
+            }
+        }
+    }
+
+    fn listener_tls(&mut self, p: &str, tls: &ListenerTls) {
+        match tls.min_version.as_str() {
+            "1.2" => {}
+            "1.3" => self.err(
+                format!("{p}.min_version"),
+                "\"1.3\" is not supported yet; TLS 1.2 and 1.3 are served",
+            ),
+            other => self.err(
+                format!("{p}.min_version"),
+                format!("unknown TLS version {other:?}; only \"1.2\" (1.2 and 1.3) is served"),
+            ),
+        }
+        if tls.certificates.is_empty() && tls.self_signed.is_empty() {
+            self.err(p, "give certificates: [{cert, key}] or self_signed: [names]");
+        }
+        for (i, pair) in tls.certificates.iter().enumerate() {
+            let cert = self.resolve(&pair.cert);
+            let key = self.resolve(&pair.key);
+            if let Err(e) = crate::tls::load_pair(&cert, &key) {
+                self.err(format!("{p}.certificates[{i}]"), e.to_string());
+            }
+        }
+        for (i, name) in tls.self_signed.iter().enumerate() {
+            if name.trim().is_empty() {
+                self.err(format!("{p}.self_signed[{i}]"), "must not be empty");
+            }
+        }
+    }
+
+    fn pool(&mut self, name: &str, pool: &PoolConfig) {
+        let p = format!("pools.{name}");
+        if name.is_empty() {
+            self.err("pools", "a pool name must not be empty");
+        }
+        match (pool.balance, &pool.hash_on) {
+            (Balance::ConsistentHash, None) => {
+                self.err(format!("{p}.hash_on"), "consistent_hash needs hash_on")
+            }
+            (Balance::ConsistentHash, Some(h)) => {
+                if let Err(e) = crate::runtime::HashOn::parse(h) {
+                    self.err(format!("{p}.hash_on"), e);
+                }
+            }
+            (_, Some(_)) => {
+                self.err(format!("{p}.hash_on"), "hash_on is used only with balance: consistent_hash")
+            }
+            (Balance::LeastRequests, None) => self.err(
+                format!("{p}.balance"),
+                "least_requests is not supported yet (it comes with the OpenAI gateway)",
+            ),
+            _ => {}
+        }
+        self.health_check(&format!("{p}.health_check"), &pool.health_check);
+        self.unsupported(&format!("{p}.passive_health"), &pool.passive_health, "comes with the OpenAI gateway");
+        for (key, d) in [
+            ("connect", pool.timeouts.connect),
+            ("read", pool.timeouts.read),
+            ("write", pool.timeouts.write),
+        ] {
+            if d.get().is_zero() {
+                self.err(format!("{p}.timeouts.{key}"), "must be more than 0");
+            }
+        }
+        if pool.dns_refresh.get().is_zero() {
+            self.err(format!("{p}.dns_refresh"), "must be more than 0");
+        }
+        let tls = pool.tls.settings();
+        let mut seen = HashSet::new();
+        for (i, b) in pool.backends.iter().enumerate() {
+            let bp = format!("{p}.backends[{i}]");
+            if let Err(e) = check_host_port(&b.address) {
+                self.err(format!("{bp}.address"), e);
+            } else if !seen.insert(b.address.as_str()) {
+                self.err(format!("{bp}.address"), format!("duplicate backend {}", b.address));
+            }
+            if let Some(t) = &tls {
+                let is_ip = b.address.parse::<SocketAddr>().is_ok();
+                if t.verify && t.sni.is_none() && is_ip {
+                    self.err(
+                        format!("{p}.tls.sni"),
+                        format!(
+                            "backend {} is an IP address: set tls.sni to the name its certificate \
+                             carries (an empty SNI would turn certificate verification off)",
+                            b.address
+                        ),
+                    );
+                }
+            }
+            if b.weight == 0 {
+                self.err(format!("{bp}.weight"), "must be at least 1 (use drain: true to stop traffic)");
+            }
+            self.unsupported(&format!("{bp}.models"), &b.models, "comes with the OpenAI gateway");
+            self.unsupported(&format!("{bp}.api_key"), &b.api_key, "comes with the OpenAI gateway");
+            self.unsupported(&format!("{bp}.max_inflight"), &b.max_inflight, "comes with the OpenAI gateway");
+        }
+    }
+
+    fn health_check(&mut self, p: &str, h: &HealthCheckConfig) {
+        if h.kind == CheckKind::None {
+            return;
+        }
+        if h.interval.get().is_zero() {
+            self.err(format!("{p}.interval"), "must be more than 0");
+        }
+        if h.timeout.get().is_zero() {
+            self.err(format!("{p}.timeout"), "must be more than 0");
+        }
+        if h.healthy_after == 0 {
+            self.err(format!("{p}.healthy_after"), "must be at least 1");
+        }
+        if h.unhealthy_after == 0 {
+            self.err(format!("{p}.unhealthy_after"), "must be at least 1");
+        }
+        if h.kind == CheckKind::Http {
+            if !h.path.starts_with('/') {
+                self.err(format!("{p}.path"), "must start with /");
+            }
+            if h.expect.is_empty() {
+                self.err(format!("{p}.expect"), "list at least one status");
+            }
+            for (i, s) in h.expect.iter().enumerate() {
+                if !(100..=599).contains(s) {
+                    self.err(format!("{p}.expect[{i}]"), format!("{s} is not an HTTP status"));
+                }
+            }
+        }
+    }
+
+    fn routes(&mut self, c: &Config) {
+        let mut names = HashSet::new();
+        for (i, r) in c.routes.iter().enumerate() {
+            let p = format!("routes[{i}]");
+            if r.name.is_empty() {
+                self.err(format!("{p}.name"), "must not be empty");
+            } else if !names.insert(r.name.as_str()) {
+                self.err(format!("{p}.name"), format!("duplicate route name {:?}", r.name));
+            }
+            match (&r.pool, &r.respond) {
+                (Some(_), Some(_)) => self.err(&p, "give either pool or respond, not both"),
+                (None, None) => self.err(&p, "give a pool to forward to or a respond answer"),
+                (Some(pool), None) => match c.pools.get(pool) {
+                    None => self.err(format!("{p}.pool"), format!("no pool named {pool:?}")),
+                    Some(pc) if pc.backends.is_empty() => self.err(
+                        format!("{p}.pool"),
+                        format!("pool {pool:?} has no backends"),
+                    ),
+                    Some(_) => {}
+                },
+                (None, Some(resp)) => {
+                    if !(100..=599).contains(&resp.status) {
+                        self.err(format!("{p}.respond.status"), "not an HTTP status");
+                    }
+                    self.header_map(&format!("{p}.respond.headers"), &resp.headers);
+                }
+            }
+            self.route_match(&format!("{p}.match"), &r.matcher);
+            self.unsupported(&format!("{p}.openai"), &r.openai, "the OpenAI gateway issue builds it");
+            self.unsupported(&format!("{p}.auth"), &r.auth, "client keys come with the OpenAI gateway");
+            self.unsupported(&format!("{p}.rate_limit"), &r.rate_limit, "rate limits come with edge policies");
+            self.unsupported(&format!("{p}.cors"), &r.cors, "CORS comes with edge policies");
+            for (j, what) in r.retry_on.iter().enumerate() {
+                if what != "connect_error" {
+                    let msg = if what.parse::<u16>().is_ok() {
+                        "retrying on a backend's status is not supported yet; connect_error is"
+                    } else {
+                        "unknown retry condition; connect_error is known"
+                    };
+                    self.err(format!("{p}.retry_on[{j}]"), msg);
+                }
+            }
+            self.cidrs(&format!("{p}.allow"), &r.allow);
+            self.cidrs(&format!("{p}.deny"), &r.deny);
+            if let Some(s) = &r.strip_prefix {
+                if !s.starts_with('/') {
+                    self.err(format!("{p}.strip_prefix"), "must start with /");
+                }
+            }
+            if r.max_body.0 == 0 {
+                self.err(format!("{p}.max_body"), "must be more than 0");
+            }
+            if r.timeouts.read.is_some_and(|d| d.get().is_zero()) {
+                self.err(format!("{p}.timeouts.read"), "must be more than 0");
+            }
+            if r.timeouts.total.is_some_and(|d| d.get().is_zero()) {
+                self.err(format!("{p}.timeouts.total"), "must be more than 0");
+            }
+            self.header_map(&format!("{p}.request_headers.set"), &r.request_headers.set);
+            self.header_names(&format!("{p}.request_headers.remove"), &r.request_headers.remove);
+            self.header_map(&format!("{p}.response_headers.set"), &r.response_headers.set);
+            self.header_names(&format!("{p}.response_headers.remove"), &r.response_headers.remove);
+        }
+    }
+
+    fn route_match(&mut self, p: &str, m: &RouteMatch) {
+        if let Some(prefix) = &m.path_prefix {
+            if !prefix.starts_with('/') {
+                self.err(format!("{p}.path_prefix"), "must start with /");
+            }
+        }
+        for (i, method) in m.methods.iter().enumerate() {
+            if !METHODS.contains(&method.to_ascii_uppercase().as_str()) {
+                self.err(format!("{p}.methods[{i}]"), format!("unknown method {method:?}"));
+            }
+        }
+        for (i, h) in m.host.iter().enumerate() {
+            if h.is_empty() || h.contains('/') || h.contains(' ') {
+                self.err(format!("{p}.host[{i}]"), format!("invalid host {h:?}"));
+            }
+        }
+        let names: Vec<String> = m.headers.keys().cloned().collect();
+        self.header_names(&format!("{p}.headers"), &names);
+    }
+
+    fn header_names(&mut self, p: &str, names: &[String]) {
+        for (i, n) in names.iter().enumerate() {
+            if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
+                self.err(format!("{p}[{i}]"), format!("invalid header name {n:?}"));
+            }
+        }
+    }
+
+    fn header_map(&mut self, p: &str, map: &std::collections::BTreeMap<String, String>) {
+        for (n, v) in map {
+            if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
+                self.err(format!("{p}.{n}"), format!("invalid header name {n:?}"));
+            }
+            if http::HeaderValue::from_str(v).is_err() {
+                self.err(format!("{p}.{n}"), "invalid header value");
+            }
+        }
+    }
+
+    fn edge(&mut self, e: &EdgeConfig) {
+        self.cidrs("edge.trusted_proxies", &e.trusted_proxies);
+        self.cidrs("edge.allow", &e.allow);
+        self.cidrs("edge.deny", &e.deny);
+        self.unsupported("edge.header_timeout", &e.header_timeout, "comes with edge policies");
+        if e.access_log.format != "json" {
+            self.err("edge.access_log.format", "only json is known");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port() {
+        assert!(check_host_port("127.0.0.1:80").is_ok());
+        assert!(check_host_port("[::1]:80").is_ok());
+        assert!(check_host_port("gpu-7.internal:8000").is_ok());
+        assert!(check_host_port("gpu-7.internal").is_err());
+        assert!(check_host_port("bad host:80").is_err());
+        assert!(check_host_port("10.0.0.1:99999").is_err());
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(parse_cidr("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_cidr("::1").unwrap().to_string(), "::1/128");
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! switchyard: an edge proxy for HTTP APIs on Pingora.
+//!
+//! A request's way through the code: `serve` wires listeners to [`proxy::Edge`], which looks
+//! up the current [`runtime::Snapshot`] (built from [`config`]), matches a route in
+//! [`runtime::router`], picks a backend from a [`runtime::Pool`], and logs through
+//! [`proxy::access_log`] and [`metrics`]. [`runtime::supervisor`] swaps snapshots and runs
+//! health checks; [`admin`] serves the admin listener; [`tls`] holds listener certificates.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod runtime;
+pub mod serve;
+pub mod tls;

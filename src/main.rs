@@ -1,0 +1,67 @@
+use clap::Parser;
+use std::io::Read;
+use std::process::ExitCode;
+use switchyard::cli::{Cli, Command};
+use switchyard::{config, serve};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { config }) => check(&config),
+        Some(Command::HashKey) => hash_key(),
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+    }
+}
+
+fn run(args: switchyard::cli::RunArgs) -> ExitCode {
+    let opts = serve::RunOptions {
+        config: args.config,
+        daemon: args.daemon,
+        upgrade: args.upgrade,
+    };
+    match serve::run(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load_file(path) {
+        Ok(l) => {
+            let c = &l.config;
+            println!(
+                "{}: ok ({} listeners, {} pools, {} routes; sha256 {})",
+                path.display(),
+                c.listeners.len(),
+                c.pools.len(),
+                c.routes.len(),
+                &l.hash[..12]
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}", e.render(&path.display().to_string()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hash_key() -> ExitCode {
+    let mut key = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut key) {
+        eprintln!("cannot read the key from stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let key = key.trim_end_matches(['\n', '\r']);
+    if key.is_empty() {
+        eprintln!("no key on stdin");
+        return ExitCode::FAILURE;
+    }
+    println!("sha256:{}", config::hash_bytes(key.as_bytes()));
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,100 @@
+//! Every Prometheus metric switchyard exports (SPEC §7), registered in the default registry
+//! that `pingora_prometheus` re-exports. Label values come from the config only.
+
+use crate::config::Config;
+use pingora_prometheus::prometheus::{
+    self, register_gauge, register_gauge_vec, register_histogram_vec, register_int_counter_vec,
+    register_int_gauge_vec, Encoder, Gauge, GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec,
+    TextEncoder,
+};
+use std::sync::LazyLock;
+
+macro_rules! metric {
+    ($name:ident: $ty:ty = $reg:ident!($($arg:tt)*)) => {
+        pub static $name: LazyLock<$ty> =
+            LazyLock::new(|| $reg!($($arg)*).expect("metric names are unique and valid"));
+    };
+}
+
+metric!(REQUESTS: IntCounterVec = register_int_counter_vec!(
+    "switchyard_requests_total", "Requests answered, by route, pool and status code.",
+    &["route", "pool", "code"]));
+metric!(REQUEST_DURATION: HistogramVec = register_histogram_vec!(
+    "switchyard_request_duration_seconds", "Time from request head to the end of the answer.",
+    &["route"],
+    vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]));
+metric!(CONNECT_FAILURES: IntCounterVec = register_int_counter_vec!(
+    "switchyard_upstream_connect_failures_total", "Failed connection attempts to a backend.",
+    &["pool", "backend"]));
+metric!(RETRIES: IntCounterVec = register_int_counter_vec!(
+    "switchyard_retries_total", "Requests sent again to another backend.", &["route"]));
+metric!(BACKEND_HEALTHY: IntGaugeVec = register_int_gauge_vec!(
+    "switchyard_backend_healthy", "1 while the backend passes its health checks.",
+    &["pool", "backend"]));
+metric!(CONFIG_RELOADS: IntCounterVec = register_int_counter_vec!(
+    "switchyard_config_reloads_total", "Config loads, by what started them and how they ended.",
+    &["source", "result"]));
+metric!(LAST_RELOAD_OK: Gauge = register_gauge!(
+    "switchyard_config_last_reload_success_timestamp_seconds",
+    "Unix time of the last config load that was applied."));
+metric!(TLS_EXPIRY: GaugeVec = register_gauge_vec!(
+    "switchyard_tls_certificate_expiry_timestamp_seconds",
+    "Unix time when a listener's certificate expires.", &["listener", "name"]));
+
+pub const RELOAD_SOURCES: &[&str] = &["startup", "file", "signal", "admin"];
+
+/// Creates the series that must exist before anything happens.
+pub fn init() {
+    for source in RELOAD_SOURCES {
+        for result in ["ok", "error"] {
+            CONFIG_RELOADS.with_label_values(&[source, result]);
+        }
+    }
+    LazyLock::force(&LAST_RELOAD_OK);
+}
+
+/// Creates the per-route series of a config, so dashboards see them before traffic.
+pub fn prepare_routes(c: &Config) {
+    for r in &c.routes {
+        REQUEST_DURATION.with_label_values(&[r.name.as_str()]);
+        RETRIES.with_label_values(&[r.name.as_str()]);
+    }
+}
+
+pub fn reload(source: &str, ok: bool) {
+    CONFIG_RELOADS
+        .with_label_values(&[source, if ok { "ok" } else { "error" }])
+        .inc();
+    if ok {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        LAST_RELOAD_OK.set(now);
+    }
+}
+
+pub fn set_backend_healthy(pool: &str, backend: &str, healthy: bool) {
+    BACKEND_HEALTHY
+        .with_label_values(&[pool, backend])
+        .set(healthy as i64);
+}
+
+#[cfg(feature = "rustls")]
+pub fn observe_certificates(listener: &str, entries: &[crate::tls::Entry]) {
+    for e in entries {
+        let name = e.names.first().map(String::as_str).unwrap_or("");
+        TLS_EXPIRY
+            .with_label_values(&[listener, name])
+            .set(e.not_after as f64);
+    }
+}
+
+/// The text exposition of every registered metric.
+pub fn encode() -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&prometheus::gather(), &mut buf) {
+        log::error!("cannot encode metrics: {e}");
+    }
+    buf
+}

@@ -1,0 +1,547 @@
+//! The `ProxyHttp` implementation: where a request goes, hook by hook.
+//!
+//! `request_filter` decides (id, client IP, ACL, route, local answers, body limit);
+//! `upstream_peer` picks a healthy backend not tried yet; the header filters add what the
+//! upstream and the client should see; `logging` writes the access log and metrics.
+
+pub mod access_log;
+pub mod filters;
+mod respond;
+pub mod redirect;
+
+use crate::metrics;
+use crate::runtime::pool::Member;
+use crate::runtime::router::{RequestView, Route, Target};
+use crate::runtime::{HashOn, Snapshot, State};
+use async_trait::async_trait;
+use bytes::Bytes;
+use filters::body::{self, Declared, Held};
+use filters::{acl, client_ip, headers, request_id};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use respond::{text, Local};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which listener a proxy instance serves.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub tls: bool,
+}
+
+pub struct Edge {
+    pub state: Arc<State>,
+    pub listener: Listener,
+}
+
+/// Per-request state. The snapshot is loaded once and kept for the whole request.
+pub struct Ctx {
+    started: Instant,
+    snapshot: Option<Arc<Snapshot>>,
+    route: Option<Arc<Route>>,
+    request_id: String,
+    client_ip: Option<IpAddr>,
+    peer_ip: Option<IpAddr>,
+    host: String,
+    deadline: Option<Instant>,
+    tries: u32,
+    tried: Vec<SocketAddr>,
+    backend: Option<Member>,
+    held: Option<Held>,
+    response_started: bool,
+    upgrade: bool,
+}
+
+impl Ctx {
+    fn pool_name(&self) -> Option<&str> {
+        self.route.as_ref()?.pool().map(|p| p.name.as_str())
+    }
+
+    fn security(&self, tls: bool) -> Option<bool> {
+        let on = match (&self.route, &self.snapshot) {
+            (Some(r), Some(s)) => r.config.security_headers.unwrap_or(s.edge.security_headers),
+            (None, Some(s)) => s.edge.security_headers,
+            _ => true,
+        };
+        on.then_some(tls)
+    }
+}
+
+impl Edge {
+    async fn local(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        status: u16,
+        body: Bytes,
+        keepalive: bool,
+    ) -> Result<bool> {
+        Local {
+            status,
+            body,
+            content_type: "text/plain; charset=utf-8",
+            request_id: &ctx.request_id,
+            extra: &[],
+            security: ctx.security(self.listener.tls),
+            keepalive,
+        }
+        .send(session)
+        .await?;
+        Ok(true)
+    }
+
+    /// Answers 413, then reads (and drops) a bounded part of the body so that a client still
+    /// sending it sees the answer instead of a reset.
+    async fn refuse_body(&self, session: &mut Session, ctx: &Ctx, limit: u64) -> Result<bool> {
+        self.local(session, ctx, 413, text(413, "request body too large"), true)
+            .await?;
+        let budget = limit.saturating_mul(2);
+        let deadline = Instant::now() + body::DRAIN_TIME;
+        let mut drained = 0u64;
+        let complete = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, session.read_request_body()).await {
+                Ok(Ok(Some(chunk))) => {
+                    drained += chunk.len() as u64;
+                    if drained > budget {
+                        break false;
+                    }
+                }
+                Ok(Ok(None)) => break true,
+                _ => break false,
+            }
+        };
+        if !complete {
+            session.set_keepalive(None);
+        }
+        Ok(true)
+    }
+}
+
+fn host_of(req: &RequestHeader) -> &str {
+    let raw = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    strip_port(raw)
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn is_idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The bytes a `consistent_hash` pool hashes for this request.
+fn hash_key<'a>(how: &HashOn, req: &'a RequestHeader, client: &'a Option<IpAddr>, buf: &'a mut [u8; 16]) -> &'a [u8] {
+    match how {
+        HashOn::ClientIp => match client {
+            Some(IpAddr::V4(v4)) => {
+                buf[..4].copy_from_slice(&v4.octets());
+                &buf[..4]
+            }
+            Some(IpAddr::V6(v6)) => {
+                *buf = v6.octets();
+                &buf[..]
+            }
+            None => b"",
+        },
+        HashOn::Header(name) => req.headers.get(name).map(|v| v.as_bytes()).unwrap_or(b""),
+        HashOn::Cookie(name) => req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_bytes())
+            .unwrap_or(b""),
+        HashOn::Query(name) => req
+            .uri
+            .query()
+            .and_then(|q| {
+                q.split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_bytes())
+            })
+            .unwrap_or(b""),
+    }
+}
+
+fn status_for(e: &Error) -> u16 {
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
+        | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError => 502,
+        ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => 504,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed | ReadTimedout | WriteTimedout => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            snapshot: None,
+            route: None,
+            request_id: String::new(),
+            client_ip: None,
+            peer_ip: None,
+            host: String::new(),
+            deadline: None,
+            tries: 0,
+            tried: Vec::new(),
+            backend: None,
+            held: None,
+            response_started: false,
+            upgrade: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let snap = self.state.snapshot();
+        ctx.snapshot = Some(snap.clone());
+        session.set_keepalive(Some(snap.edge.keepalive_timeout.as_secs().max(1)));
+        let req = session.req_header();
+        ctx.request_id = request_id::pick(&req.headers);
+        ctx.peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_canonical());
+        ctx.client_ip = client_ip::resolve(ctx.peer_ip, &req.headers, &snap.edge.trusted_proxies);
+        ctx.host = host_of(req).to_string();
+
+        if !acl::permits(ctx.client_ip, &snap.edge.allow, &snap.edge.deny) {
+            return self.local(session, ctx, 403, text(403, "forbidden"), true).await;
+        }
+        let req = session.req_header();
+        if !session.is_http2() && req.version == http::Version::HTTP_11 && ctx.host.is_empty() {
+            return self.local(session, ctx, 400, text(400, "missing Host header"), false).await;
+        }
+        let view = RequestView {
+            method: &req.method,
+            host: &ctx.host,
+            path: req.uri.path(),
+            query: req.uri.query(),
+            headers: &req.headers,
+        };
+        let Some(route) = snap.router.find(&view).cloned() else {
+            return self.local(session, ctx, 404, text(404, "no route"), true).await;
+        };
+        ctx.route = Some(route.clone());
+        if !acl::permits(ctx.client_ip, &route.allow, &route.deny) {
+            return self.local(session, ctx, 403, text(403, "forbidden"), true).await;
+        }
+        if let Target::Respond { status, body, headers } = &route.target {
+            let local = Local {
+                status: *status,
+                body: body.clone(),
+                content_type: "text/plain; charset=utf-8",
+                request_id: &ctx.request_id,
+                extra: headers,
+                security: ctx.security(self.listener.tls),
+                keepalive: true,
+            };
+            local.send(session).await?;
+            return Ok(true);
+        }
+
+        let limit = route.config.max_body.0;
+        let cl = session.req_header().headers.get(http::header::CONTENT_LENGTH);
+        match body::declared(cl.map(|v| v.as_bytes()), limit) {
+            Declared::Over(_) => return self.refuse_body(session, ctx, limit).await,
+            Declared::Within => {}
+            Declared::Unknown if !session.is_body_empty() => ctx.held = Some(Held::new(limit)),
+            Declared::Unknown => {}
+        }
+        if session.is_upgrade_req() {
+            ctx.upgrade = true;
+            if let Some(idle) = route.config.timeouts.websocket_idle {
+                session.set_read_timeout(Some(idle.get()));
+            }
+        }
+        ctx.deadline = route.config.timeouts.total.map(|t| ctx.started + t.get());
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .clone()
+            .ok_or_else(|| Error::explain(InternalError, "no route in context"))?;
+        let pool = route
+            .pool()
+            .ok_or_else(|| Error::explain(InternalError, "route has no pool"))?;
+        let mut buf = [0u8; 16];
+        let key = match &pool.hash_on {
+            Some(how) => hash_key(how, session.req_header(), &ctx.client_ip, &mut buf),
+            None => b"",
+        };
+        let tried = &ctx.tried;
+        let Some(member) = pool.select(key, |a| !tried.contains(a)) else {
+            return if ctx.tried.is_empty() {
+                Error::e_explain(HTTPStatus(503), format!("pool {}: no healthy backend", pool.name))
+            } else {
+                Error::e_explain(HTTPStatus(502), format!("pool {}: every attempt failed", pool.name))
+            };
+        };
+        if ctx.tries > 0 {
+            metrics::RETRIES.with_label_values(&[route.name.as_str()]).inc();
+        }
+        ctx.tries += 1;
+        let read = if ctx.upgrade {
+            route.config.timeouts.websocket_idle.map(|d| d.get())
+        } else {
+            None
+        }
+        .or(route.config.timeouts.read.map(|d| d.get()))
+        .unwrap_or(pool.config.timeouts.read.get());
+        let read = match ctx.deadline {
+            Some(d) => read.min(d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))),
+            None => read,
+        };
+        let peer = pool.peer(&member, read);
+        ctx.backend = Some(member);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(m), Some(pool)) = (&ctx.backend, ctx.pool_name()) {
+            metrics::CONNECT_FAILURES
+                .with_label_values(&[pool, &m.addr.to_string()])
+                .inc();
+            ctx.tried.push(m.addr);
+        }
+        let retries = ctx.route.as_ref().map(|r| r.config.retries).unwrap_or(0);
+        // Nothing reached the backend, so another one may always be tried.
+        e.set_retry(ctx.tries <= retries);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if let Some(m) = &ctx.backend {
+            ctx.tried.push(m.addr);
+        }
+        let retries = ctx.route.as_ref().map(|r| r.config.retries).unwrap_or(0);
+        // The request reached the backend: replay it only if that cannot do harm twice.
+        let replayable = is_idempotent(&session.req_header().method)
+            && !session.as_ref().retry_buffer_truncated()
+            && ctx.held.is_none();
+        e.set_retry(
+            replayable
+                && e.esource() == &ErrorSource::Upstream
+                && !ctx.response_started
+                && ctx.tries <= retries,
+        );
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.clone() else {
+            return Ok(());
+        };
+        if let Some(prefix) = &route.config.strip_prefix {
+            headers::strip_prefix(req, prefix)?;
+        }
+        let trusted = ctx.snapshot.as_ref().is_some_and(|s| {
+            ctx.peer_ip
+                .is_some_and(|ip| client_ip::is_trusted(ip, &s.edge.trusted_proxies))
+        });
+        headers::forwarded(
+            req,
+            &headers::Forwarded {
+                client_ip: ctx.client_ip,
+                peer_trusted: trusted,
+                peer_ip: ctx.peer_ip,
+                host: &ctx.host,
+                tls: self.listener.tls,
+            },
+        )?;
+        req.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        headers::edit_request(req, &route.request_headers)?;
+        let _ = session;
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(held) = ctx.held.as_mut() {
+            match held.push(body.take(), end_of_stream) {
+                Ok(out) => *body = out,
+                Err(total) => {
+                    return Error::e_explain(
+                        HTTPStatus(413),
+                        format!("request body over max_body ({total} bytes so far)"),
+                    )
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.response_started = true;
+        resp.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        if let Some(tls) = ctx.security(self.listener.tls) {
+            headers::security(resp, tls)?;
+        }
+        if let Some(route) = &ctx.route {
+            headers::edit_response(resp, &route.response_headers)?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if ctx.deadline.is_some_and(|d| Instant::now() > d) {
+            return Error::e_explain(HTTPStatus(504), "route timeouts.total passed");
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = status_for(e);
+        if code == 0 || ctx.response_started || session.response_written().is_some() {
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
+        let reason = match code {
+            413 => "request body too large",
+            503 => "no healthy backend",
+            504 => "upstream timed out",
+            502 => "bad gateway",
+            _ => "error",
+        };
+        // After a 413 the rest of the body is drained (bounded) so the client can read it.
+        let keepalive = code == 413;
+        if keepalive {
+            session.set_total_drain_timeout(Some(body::DRAIN_TIME));
+        }
+        let sent = self.local(session, ctx, code, text(code, reason), keepalive).await;
+        if let Err(err) = sent {
+            log::debug!("cannot send the error answer: {err}");
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: keepalive,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let route = ctx.route.as_ref().map(|r| r.name.as_str());
+        let pool = ctx.pool_name();
+        let elapsed = ctx.started.elapsed();
+        let mut code_buf = itoa::Buffer::new();
+        metrics::REQUESTS
+            .with_label_values(&[route.unwrap_or("none"), pool.unwrap_or("none"), code_buf.format(status)])
+            .inc();
+        if let Some(r) = route {
+            metrics::REQUEST_DURATION
+                .with_label_values(&[r])
+                .observe(elapsed.as_secs_f64());
+        }
+        let log_on = ctx.snapshot.as_ref().is_none_or(|s| s.edge.access_log);
+        if !log_on {
+            return;
+        }
+        let req = session.req_header();
+        access_log::write(&access_log::Line {
+            time: access_log::now_rfc3339(),
+            request_id: &ctx.request_id,
+            listener: &self.listener.name,
+            client_ip: ctx.client_ip.map(|ip| ip.to_string()),
+            method: req.method.as_str(),
+            host: &ctx.host,
+            path: req.uri.path(),
+            route,
+            pool,
+            backend: ctx.backend.as_ref().map(|m| m.addr.to_string()),
+            status,
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            tries: ctx.tries,
+            error: e.map(|e| e.etype().as_str().to_string()),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        assert_eq!(strip_port("example.com"), "example.com");
+    }
+}

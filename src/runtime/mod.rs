@@ -1,0 +1,182 @@
+//! The running state: the current snapshot behind one `ArcSwap`, and how it is replaced.
+
+mod health;
+pub mod pool;
+pub mod router;
+pub mod snapshot;
+pub mod supervisor;
+
+pub use health::BackendHealth;
+pub use pool::{HashOn, Pool};
+pub use snapshot::Snapshot;
+
+use crate::config::{self, ConfigError, ListenerConfig, Loaded};
+use crate::tls::CertStore;
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// What started a reload; also the `source` label of `config_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Startup,
+    File,
+    Signal,
+    Admin,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Startup => "startup",
+            Source::File => "file",
+            Source::Signal => "signal",
+            Source::Admin => "admin",
+        }
+    }
+}
+
+/// The outcome of the last reload, for `/status` and the logs.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    pub source: Source,
+    pub ok: bool,
+    pub error: Option<String>,
+    #[serde(with = "unix_secs")]
+    pub at: SystemTime,
+    /// Listener changes in the file that only a restart (or upgrade) applies.
+    pub restart_required: bool,
+}
+
+mod unix_secs {
+    pub fn serialize<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let secs = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        s.serialize_f64(secs)
+    }
+}
+
+/// Everything the proxy, the admin app and the supervisor share.
+pub struct State {
+    pub path: PathBuf,
+    current: ArcSwap<Snapshot>,
+    /// Certificates of each TLS listener, by listener name. Listeners are fixed at start.
+    pub certs: Vec<(String, Arc<CertStore>)>,
+    /// The listeners as they were when the process started.
+    pub started_listeners: Vec<ListenerConfig>,
+    pub last_reload: Mutex<ReloadStatus>,
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl State {
+    pub fn new(path: PathBuf, first: Snapshot, certs: Vec<(String, Arc<CertStore>)>) -> Self {
+        let started_listeners = first.loaded.config.listeners.clone();
+        State {
+            path,
+            current: ArcSwap::from_pointee(first),
+            certs,
+            started_listeners,
+            last_reload: Mutex::new(ReloadStatus {
+                source: Source::Startup,
+                ok: true,
+                error: None,
+                at: SystemTime::now(),
+                restart_required: false,
+            }),
+            reloading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The snapshot new requests use.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    fn base(&self) -> Option<&Path> {
+        self.path.parent()
+    }
+
+    /// Re-reads the file and applies it. With `only_if_changed`, an unchanged file is a no-op.
+    pub async fn reload(&self, source: Source, only_if_changed: bool) -> Result<bool, ConfigError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let parsed = config::load_file(&self.path);
+        let loaded = match parsed {
+            Ok(l) => l,
+            Err(e) => {
+                self.record(source, Err(&e));
+                return Err(e);
+            }
+        };
+        if only_if_changed && loaded.hash == self.current.load().loaded.hash {
+            return Ok(false);
+        }
+        self.swap_in(loaded, source).await;
+        Ok(true)
+    }
+
+    /// Builds a snapshot from an already validated config and makes it current.
+    async fn swap_in(&self, loaded: Loaded, source: Source) {
+        let hash = loaded.hash.clone();
+        let previous = self.snapshot();
+        let next = Snapshot::build(loaded, Some(&previous)).await;
+        self.reload_certificates(&next);
+        self.current.store(Arc::new(next));
+        self.record(source, Ok(()));
+        log::info!(
+            "config {} applied (source: {})",
+            &hash[..12.min(hash.len())],
+            source.as_str()
+        );
+    }
+
+    fn reload_certificates(&self, next: &Snapshot) {
+        for l in &next.loaded.config.listeners {
+            let (Some(tls), Some((_, store))) =
+                (&l.tls, self.certs.iter().find(|(n, _)| *n == l.name))
+            else {
+                continue;
+            };
+            if let Err(e) = store.reload(tls, self.base()) {
+                log::error!("listener {}: keeping the current certificates: {e}", l.name);
+            }
+        }
+    }
+
+    fn record(&self, source: Source, result: Result<(), &ConfigError>) {
+        crate::metrics::reload(source.as_str(), result.is_ok());
+        let restart_required = match result {
+            Ok(()) => self.listeners_changed(),
+            Err(_) => false,
+        };
+        if restart_required {
+            log::warn!("listener changes in the config apply only after a restart or upgrade");
+        }
+        if let Err(e) = result {
+            log::error!(
+                "config reload ({}) rejected, the running config stays:\n{}",
+                source.as_str(),
+                e.render(&self.path.display().to_string())
+            );
+        }
+        let mut status = self.last_reload.lock().unwrap_or_else(|p| p.into_inner());
+        *status = ReloadStatus {
+            source,
+            ok: result.is_ok(),
+            error: result.err().map(|e| e.render(&self.path.display().to_string())),
+            at: SystemTime::now(),
+            restart_required,
+        };
+    }
+
+    /// Whether the current file's listeners differ from the ones serving.
+    pub fn listeners_changed(&self) -> bool {
+        let now = &self.current.load().loaded.config.listeners;
+        let key = |l: &ListenerConfig| (l.name.clone(), l.listen.clone(), l.tls.is_some(), l.redirect_to_https);
+        now.iter().map(key).ne(self.started_listeners.iter().map(key))
+    }
+}

@@ -1,0 +1,353 @@
+//! An upstream pool: its members (resolved addresses), a Pingora load balancer over them,
+//! and the settings that turn a chosen backend into an `HttpPeer`.
+//!
+//! The load balancer and its health table live in an [`LbHandle`] that a reload hands on to
+//! the next snapshot when the pool's balancing and checking settings did not change, so a
+//! surviving backend keeps its health state and the balancer its position.
+
+use super::health::{self, HealthTable};
+use crate::config::{Balance, BackendConfig, HealthCheckConfig, PoolConfig, UpstreamTlsSettings};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::lb::discovery::ServiceDiscovery;
+use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, Random, RoundRobin};
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::prelude::HttpPeer;
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How many candidates a selection may look at before giving up.
+const MAX_SELECT_STEPS: usize = 256;
+
+/// Per-backend settings that are not part of a Pingora `Backend`'s identity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendMeta {
+    /// The address as written in the config (`gpu-7.internal:8000`).
+    pub address: String,
+    pub weight: usize,
+    pub drain: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub addr: SocketAddr,
+    pub meta: Arc<BackendMeta>,
+}
+
+type Members = Arc<ArcSwap<Vec<Member>>>;
+
+/// Discovery that reads the pool's current member list: a reload or a DNS refresh stores a new
+/// list, then calls `LoadBalancer::update`.
+struct MemberDiscovery(Members);
+
+#[async_trait]
+impl ServiceDiscovery for MemberDiscovery {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let mut set = BTreeSet::new();
+        for m in self.0.load().iter() {
+            set.insert(Backend::new_with_weight(&m.addr.to_string(), m.meta.weight)?);
+        }
+        Ok((set, HashMap::new()))
+    }
+}
+
+/// Pingora's balancer is generic over the algorithm; this erases that.
+pub enum Balancer {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+    Consistent(LoadBalancer<Consistent>),
+}
+
+macro_rules! each {
+    ($self:expr, $lb:ident => $body:expr) => {
+        match $self {
+            Balancer::RoundRobin($lb) => $body,
+            Balancer::Random($lb) => $body,
+            Balancer::Consistent($lb) => $body,
+        }
+    };
+}
+
+impl Balancer {
+    fn new(balance: Balance, backends: Backends) -> Self {
+        fn lb<S>(b: Backends) -> LoadBalancer<S>
+        where
+            S: BackendSelection + 'static,
+            S::Iter: BackendIter,
+        {
+            LoadBalancer::from_backends(b)
+        }
+        match balance {
+            Balance::Random => Balancer::Random(lb(backends)),
+            Balance::ConsistentHash => Balancer::Consistent(lb(backends)),
+            Balance::RoundRobin | Balance::LeastRequests => Balancer::RoundRobin(lb(backends)),
+        }
+    }
+
+    pub async fn update(&self) -> pingora::Result<()> {
+        each!(self, lb => lb.update().await)
+    }
+
+    pub fn backends(&self) -> &Backends {
+        each!(self, lb => lb.backends())
+    }
+
+    fn select_with<F: Fn(&Backend, bool) -> bool>(&self, key: &[u8], accept: F) -> Option<Backend> {
+        each!(self, lb => lb.select_with(key, MAX_SELECT_STEPS, accept))
+    }
+}
+
+/// The settings that, when changed, need a fresh balancer (and fresh health state).
+#[derive(Debug, Clone, PartialEq)]
+struct LbKey {
+    balance: Balance,
+    health_check: HealthCheckConfig,
+    tls: Option<UpstreamTlsSettings>,
+}
+
+/// The part of a pool that outlives reloads.
+pub struct LbHandle {
+    key: LbKey,
+    pub balancer: Balancer,
+    members: Members,
+    pub health: Arc<HealthTable>,
+    /// How often the health check runs; `None` when it is off.
+    pub check_every: Option<Duration>,
+    pub next_check: std::sync::Mutex<Instant>,
+    pub checking: std::sync::atomic::AtomicBool,
+}
+
+impl LbHandle {
+    pub fn members(&self) -> Arc<Vec<Member>> {
+        self.members.load_full()
+    }
+
+    /// Stores a new member list and rebuilds the selector. Health of kept members survives.
+    pub async fn set_members(&self, members: Vec<Member>) {
+        self.members.store(Arc::new(members));
+        if let Err(e) = self.balancer.update().await {
+            log::error!("cannot update the balancer: {e}");
+        }
+    }
+}
+
+/// How a `consistent_hash` pool picks the key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HashOn {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+    Query(String),
+}
+
+impl HashOn {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("unknown hash_on {text:?}; use client_ip, header:NAME, cookie:NAME or query:NAME")
+        };
+        if text == "client_ip" {
+            return Ok(HashOn::ClientIp);
+        }
+        let (kind, name) = text.split_once(':').ok_or_else(bad)?;
+        if name.is_empty() {
+            return Err(bad());
+        }
+        match kind {
+            "header" => http::HeaderName::from_bytes(name.as_bytes())
+                .map(HashOn::Header)
+                .map_err(|_| format!("invalid header name {name:?}")),
+            "cookie" => Ok(HashOn::Cookie(name.to_string())),
+            "query" => Ok(HashOn::Query(name.to_string())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// A pool as one snapshot sees it.
+pub struct Pool {
+    pub name: String,
+    pub config: PoolConfig,
+    pub lb: Arc<LbHandle>,
+    pub hash_on: Option<HashOn>,
+    tls: Option<UpstreamTlsSettings>,
+}
+
+impl Pool {
+    /// Builds the pool, reusing `previous`'s balancer when its settings are unchanged.
+    pub async fn build(name: &str, config: &PoolConfig, previous: Option<&Pool>) -> Pool {
+        let tls = config.tls.settings();
+        let key = LbKey {
+            balance: config.balance,
+            health_check: config.health_check.clone(),
+            tls: tls.clone(),
+        };
+        let members = resolve(&config.backends).await;
+        let lb = match previous.filter(|p| p.lb.key == key) {
+            Some(p) => {
+                p.lb.set_members(members).await;
+                p.lb.clone()
+            }
+            None => Arc::new(new_handle(name, config, key, members).await),
+        };
+        for m in lb.members().iter() {
+            let healthy = lb.balancer.backends().ready(&backend_of(m));
+            crate::metrics::set_backend_healthy(name, &m.addr.to_string(), healthy);
+        }
+        Pool {
+            name: name.to_string(),
+            config: config.clone(),
+            lb,
+            hash_on: config.hash_on.as_deref().and_then(|h| HashOn::parse(h).ok()),
+            tls,
+        }
+    }
+
+    /// Picks a backend for `key` that `accept`s it; unhealthy and draining ones never qualify.
+    pub fn select(&self, key: &[u8], accept: impl Fn(&SocketAddr) -> bool) -> Option<Member> {
+        let members = self.lb.members.load();
+        let find = |addr: &SocketAddr| members.iter().find(|m| m.addr == *addr);
+        let chosen = self.lb.balancer.select_with(key, |b, healthy| {
+            healthy
+                && b.addr
+                    .as_inet()
+                    .and_then(find)
+                    .is_some_and(|m| !m.meta.drain && accept(&m.addr))
+        })?;
+        chosen.addr.as_inet().and_then(find).cloned()
+    }
+
+    pub fn is_healthy(&self, m: &Member) -> bool {
+        self.lb.balancer.backends().ready(&backend_of(m))
+    }
+
+    /// The Pingora peer for `member`, with this pool's timeouts and TLS settings.
+    pub fn peer(&self, member: &Member, read_timeout: Duration) -> HttpPeer {
+        let sni = self.tls.as_ref().map(|t| {
+            t.sni
+                .clone()
+                .unwrap_or_else(|| host_of(&member.meta.address).to_string())
+        });
+        let mut peer = HttpPeer::new(member.addr, sni.is_some(), sni.unwrap_or_default());
+        let t = &self.config.timeouts;
+        peer.options.connection_timeout = Some(t.connect.get());
+        peer.options.total_connection_timeout = Some(t.connect.get() * 2);
+        peer.options.read_timeout = Some(read_timeout);
+        peer.options.write_timeout = Some(t.write.get());
+        peer.options.idle_timeout = Some(t.idle.get());
+        if let Some(tls) = &self.tls {
+            peer.options.verify_cert = tls.verify;
+            peer.options.verify_hostname = tls.verify;
+        }
+        peer
+    }
+}
+
+fn backend_of(m: &Member) -> Backend {
+    Backend {
+        addr: pingora::protocols::l4::socket::SocketAddr::Inet(m.addr),
+        weight: m.meta.weight,
+        ext: Default::default(),
+    }
+}
+
+fn host_of(address: &str) -> &str {
+    address
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(address)
+}
+
+async fn new_handle(name: &str, config: &PoolConfig, key: LbKey, members: Vec<Member>) -> LbHandle {
+    let table = Arc::new(HealthTable::default());
+    let default_host = config
+        .backends
+        .first()
+        .map(|b| host_of(&b.address).to_string())
+        .unwrap_or_else(|| "localhost".into());
+    let members: Members = Arc::new(ArcSwap::from_pointee(members));
+    let mut backends = Backends::new(Box::new(MemberDiscovery(members.clone())));
+    let check = health::build(
+        name,
+        &config.health_check,
+        key.tls.as_ref(),
+        &default_host,
+        table.clone(),
+    );
+    let check_every = check.as_ref().map(|_| config.health_check.interval.get());
+    if let Some(c) = check {
+        backends.set_health_check(c);
+    }
+    let balancer = Balancer::new(config.balance, backends);
+    if let Err(e) = balancer.update().await {
+        log::error!("pool {name}: cannot build the balancer: {e}");
+    }
+    LbHandle {
+        key,
+        balancer,
+        members,
+        health: table,
+        check_every,
+        next_check: std::sync::Mutex::new(Instant::now()),
+        checking: Default::default(),
+    }
+}
+
+/// Resolves every backend address; a host name becomes one member per address it has.
+pub async fn resolve(backends: &[BackendConfig]) -> Vec<Member> {
+    let mut out: Vec<Member> = Vec::with_capacity(backends.len());
+    for b in backends {
+        let meta = Arc::new(BackendMeta {
+            address: b.address.clone(),
+            weight: b.weight.max(1),
+            drain: b.drain,
+        });
+        let addrs: Vec<SocketAddr> = match b.address.parse::<SocketAddr>() {
+            Ok(a) => vec![a],
+            Err(_) => match tokio::net::lookup_host(b.address.as_str()).await {
+                Ok(it) => it.collect(),
+                Err(e) => {
+                    log::warn!("cannot resolve backend {}: {e}", b.address);
+                    Vec::new()
+                }
+            },
+        };
+        for addr in addrs {
+            if !out.iter().any(|m| m.addr == addr) {
+                out.push(Member {
+                    addr,
+                    meta: meta.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Whether the pool names any backend by host name (and so needs DNS refreshes).
+pub fn has_hostnames(config: &PoolConfig) -> bool {
+    config
+        .backends
+        .iter()
+        .any(|b| b.address.parse::<SocketAddr>().is_err())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_on_forms() {
+        assert_eq!(HashOn::parse("client_ip").unwrap(), HashOn::ClientIp);
+        assert!(matches!(HashOn::parse("cookie:sid").unwrap(), HashOn::Cookie(c) if c == "sid"));
+        assert!(HashOn::parse("header:").is_err());
+        assert!(HashOn::parse("path").is_err());
+    }
+
+    #[test]
+    fn host_part() {
+        assert_eq!(host_of("gpu-7.internal:8000"), "gpu-7.internal");
+        assert_eq!(host_of("[::1]:80"), "::1");
+    }
+}

@@ -1,0 +1,217 @@
+//! Routes compiled for matching: first match wins, and matching allocates nothing.
+
+use super::pool::Pool;
+use crate::config::{parse_cidr, HeaderOps, RouteConfig};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The parts of a request that routes match on.
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    /// Host without port; any case.
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+/// What a matched route does with the request.
+pub enum Target {
+    Pool(Arc<Pool>),
+    Respond {
+        status: u16,
+        body: bytes::Bytes,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
+}
+
+/// Header edits, parsed once.
+#[derive(Default)]
+pub struct HeaderEdits {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderEdits {
+    fn compile(ops: &HeaderOps) -> Self {
+        HeaderEdits {
+            set: header_pairs(&ops.set),
+            remove: ops
+                .remove
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+}
+
+fn header_pairs(map: &BTreeMap<String, String>) -> Vec<(HeaderName, HeaderValue)> {
+    map.iter()
+        .filter_map(|(n, v)| {
+            Some((
+                HeaderName::from_bytes(n.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect()
+}
+
+enum HostPattern {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`.
+    Suffix(String),
+}
+
+impl HostPattern {
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => host.eq_ignore_ascii_case(h),
+            HostPattern::Suffix(s) => {
+                host.len() > s.len() && {
+                    let tail = &host[host.len() - s.len()..];
+                    tail.eq_ignore_ascii_case(s) && !host[..host.len() - s.len()].contains('.')
+                }
+            }
+        }
+    }
+}
+
+pub struct Route {
+    pub name: String,
+    pub config: RouteConfig,
+    pub target: Target,
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
+    hosts: Vec<HostPattern>,
+    path_prefix: Option<String>,
+    methods: Vec<Method>,
+    headers: Vec<(HeaderName, String)>,
+    query: Vec<(String, String)>,
+}
+
+impl Route {
+    pub fn compile(config: &RouteConfig, pools: &BTreeMap<String, Arc<Pool>>) -> Option<Route> {
+        let target = match (&config.pool, &config.respond) {
+            (Some(p), _) => Target::Pool(pools.get(p)?.clone()),
+            (None, Some(r)) => Target::Respond {
+                status: r.status,
+                body: bytes::Bytes::from(r.body.clone()),
+                headers: header_pairs(&r.headers),
+            },
+            (None, None) => return None,
+        };
+        let m = &config.matcher;
+        let cidrs = |l: &[String]| l.iter().filter_map(|c| parse_cidr(c).ok()).collect();
+        Some(Route {
+            name: config.name.clone(),
+            target,
+            allow: cidrs(&config.allow),
+            deny: cidrs(&config.deny),
+            request_headers: HeaderEdits::compile(&config.request_headers),
+            response_headers: HeaderEdits::compile(&config.response_headers),
+            hosts: m
+                .host
+                .iter()
+                .map(|h| match h.strip_prefix('*') {
+                    Some(suffix) => HostPattern::Suffix(suffix.to_ascii_lowercase()),
+                    None => HostPattern::Exact(h.to_ascii_lowercase()),
+                })
+                .collect(),
+            path_prefix: m.path_prefix.clone(),
+            methods: m
+                .methods
+                .iter()
+                .filter_map(|x| Method::from_bytes(x.to_ascii_uppercase().as_bytes()).ok())
+                .collect(),
+            headers: m
+                .headers
+                .iter()
+                .filter_map(|(n, v)| Some((HeaderName::from_bytes(n.as_bytes()).ok()?, v.clone())))
+                .collect(),
+            query: m.query.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            config: config.clone(),
+        })
+    }
+
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        (self.methods.is_empty() || self.methods.contains(req.method))
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|p| req.path.starts_with(p))
+            && (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(req.host)))
+            && self.headers.iter().all(|(name, want)| {
+                req.headers
+                    .get_all(name)
+                    .iter()
+                    .any(|v| v.as_bytes().eq_ignore_ascii_case(want.as_bytes()))
+            })
+            && self
+                .query
+                .iter()
+                .all(|(k, v)| query_has(req.query, k, v))
+    }
+
+    pub fn pool(&self) -> Option<&Arc<Pool>> {
+        match &self.target {
+            Target::Pool(p) => Some(p),
+            Target::Respond { .. } => None,
+        }
+    }
+}
+
+fn query_has(query: Option<&str>, key: &str, value: &str) -> bool {
+    query.is_some_and(|q| {
+        q.split('&').any(|pair| match pair.split_once('=') {
+            Some((k, v)) => k == key && v == value,
+            None => pair == key && value.is_empty(),
+        })
+    })
+}
+
+#[derive(Default)]
+pub struct Router {
+    routes: Vec<Arc<Route>>,
+}
+
+impl Router {
+    pub fn new(routes: Vec<Arc<Route>>) -> Self {
+        Router { routes }
+    }
+
+    pub fn find(&self, req: &RequestView<'_>) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.matches(req))
+    }
+
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_host() {
+        let p = HostPattern::Suffix(".example.com".into());
+        assert!(p.matches("API.example.com"));
+        assert!(!p.matches("example.com"));
+        assert!(!p.matches("a.b.example.com"));
+    }
+
+    #[test]
+    fn query_pairs() {
+        assert!(query_has(Some("a=1&kernel=de441"), "kernel", "de441"));
+        assert!(!query_has(Some("kernel=de440"), "kernel", "de441"));
+        assert!(!query_has(None, "kernel", "de441"));
+    }
+}

@@ -1,0 +1,62 @@
+//! The whole runtime state compiled from one config version. Requests hold an `Arc` of the
+//! snapshot they started with, so a reload never changes a request in flight.
+
+use super::pool::Pool;
+use super::router::{Route, Router};
+use crate::config::{parse_cidr, Loaded};
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Global edge policies, compiled.
+pub struct EdgePolicy {
+    pub trusted_proxies: Vec<IpNet>,
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    pub security_headers: bool,
+    pub access_log: bool,
+    pub keepalive_timeout: Duration,
+}
+
+pub struct Snapshot {
+    pub loaded: Loaded,
+    pub router: Router,
+    pub pools: BTreeMap<String, Arc<Pool>>,
+    pub edge: EdgePolicy,
+    pub loaded_at: SystemTime,
+}
+
+impl Snapshot {
+    /// Compiles `loaded`, reusing the balancers (and health state) of `previous`'s pools.
+    pub async fn build(loaded: Loaded, previous: Option<&Snapshot>) -> Snapshot {
+        let c = &loaded.config;
+        let mut pools = BTreeMap::new();
+        for (name, pc) in &c.pools {
+            let prev = previous.and_then(|s| s.pools.get(name)).map(|p| p.as_ref());
+            pools.insert(name.clone(), Arc::new(Pool::build(name, pc, prev).await));
+        }
+        let routes = c
+            .routes
+            .iter()
+            .filter_map(|r| Route::compile(r, &pools).map(Arc::new))
+            .collect();
+        let cidrs = |l: &[String]| l.iter().filter_map(|x| parse_cidr(x).ok()).collect();
+        let edge = EdgePolicy {
+            trusted_proxies: cidrs(&c.edge.trusted_proxies),
+            allow: cidrs(&c.edge.allow),
+            deny: cidrs(&c.edge.deny),
+            security_headers: c.edge.security_headers,
+            access_log: c.edge.access_log.enabled,
+            keepalive_timeout: c.edge.keepalive_timeout.get(),
+        };
+        crate::metrics::prepare_routes(c);
+        Snapshot {
+            router: Router::new(routes),
+            pools,
+            edge,
+            loaded_at: SystemTime::now(),
+            loaded,
+        }
+    }
+}

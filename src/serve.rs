@@ -1,0 +1,126 @@
+//! Assembles the Pingora server from a validated config: one proxy service per listener,
+//! the admin service and the supervisor.
+
+use crate::admin::Admin;
+use crate::config::{self, Config, ServerSettings};
+use crate::proxy::redirect::Redirect;
+use crate::proxy::{Edge, Listener};
+use crate::runtime::supervisor::Supervisor;
+use crate::runtime::{Snapshot, State};
+use crate::tls::CertStore;
+use anyhow::{Context, Result};
+use pingora::apps::HttpServerOptions;
+use pingora::prelude::{background_service, Opt};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub daemon: bool,
+    pub upgrade: bool,
+}
+
+/// Loads the config, starts every service and never returns (Pingora owns the process).
+pub fn run(opts: RunOptions) -> Result<()> {
+    let path = opts.config.clone();
+    let loaded = config::load_file(&path)
+        .map_err(|e| anyhow::anyhow!("{}", e.render(&path.display().to_string())))?;
+    // Pingora leaves SIGHUP at its default, which ends the process; take it over before any
+    // listener is up. The supervisor listens for it once it runs.
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::new(AtomicBool::new(false)))
+        .context("installing the SIGHUP handler")?;
+    crate::metrics::init();
+
+    let certs = certificate_stores(&loaded.config, &path)?;
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime for the first snapshot")?
+        .block_on(Snapshot::build(loaded.clone(), None));
+    crate::metrics::reload("startup", true);
+    let state = Arc::new(State::new(path, first, certs));
+
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&loaded.config.server, opts.daemon));
+    server.bootstrap();
+    let threads = loaded.config.server.threads;
+    for l in &loaded.config.listeners {
+        if let Some(port) = l.redirect_to_https {
+            let mut svc = Service::new(l.name.clone(), Redirect { port });
+            svc.add_tcp(&l.listen);
+            svc.threads = Some(1);
+            server.add_service(svc);
+            continue;
+        }
+        let edge = Edge {
+            state: state.clone(),
+            listener: Listener {
+                name: l.name.clone(),
+                tls: l.tls.is_some(),
+            },
+        };
+        let mut svc = pingora::proxy::http_proxy_service_with_name(&server.configuration, edge, &l.name);
+        match state.certs.iter().find(|(n, _)| *n == l.name) {
+            Some((_, store)) => {
+                svc.add_tls_with_settings(&l.listen, None, crate::tls::listener_settings(store.clone()))
+            }
+            None => {
+                svc.add_tcp(&l.listen);
+                let mut options = HttpServerOptions::default();
+                options.h2c = true;
+                if let Some(app) = svc.app_logic_mut() {
+                    app.server_options = Some(options);
+                }
+            }
+        }
+        svc.threads = Some(threads);
+        server.add_service(svc);
+    }
+    let mut admin = Service::new("admin".to_string(), Admin { state: state.clone() });
+    admin.add_tcp(&loaded.config.admin.listen);
+    admin.threads = Some(1);
+    server.add_service(admin);
+    server.add_service(background_service("supervisor", Supervisor { state }));
+    log::info!(
+        "switchyard {} serving {} listener(s), admin on {}",
+        env!("CARGO_PKG_VERSION"),
+        loaded.config.listeners.len(),
+        loaded.config.admin.listen
+    );
+    server.run_forever()
+}
+
+fn certificate_stores(c: &Config, path: &std::path::Path) -> Result<Vec<(String, Arc<CertStore>)>> {
+    let mut out = Vec::new();
+    for l in &c.listeners {
+        if let Some(tls) = &l.tls {
+            let store = CertStore::new(&l.name, tls, path.parent())
+                .with_context(|| format!("listener {}", l.name))?;
+            out.push((l.name.clone(), Arc::new(store)));
+        }
+    }
+    Ok(out)
+}
+
+/// `server:` mapped onto Pingora's own settings.
+fn server_conf(s: &ServerSettings, daemon: bool) -> ServerConf {
+    ServerConf {
+        daemon,
+        threads: s.threads,
+        pid_file: s.pid_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
+        grace_period_seconds: Some(s.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        work_stealing: s.work_stealing,
+        ..ServerConf::default()
+    }
+}

@@ -1,0 +1,230 @@
+//! The one end-to-end harness: a temp dir with a YAML file, the real switchyard binary,
+//! real upstream servers on 127.0.0.1, and readiness probes instead of sleeps.
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use upstream::Upstream;
+
+/// A free loopback port (the kernel picks it; the listener is closed right away).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_switchyard")
+}
+
+/// Polls `probe` every 20 ms until it is true or `limit` passes.
+pub async fn wait_until<F, Fut>(limit: Duration, mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + limit;
+    loop {
+        if probe().await {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running switchyard with its own folder, ports and log files.
+pub struct Proxy {
+    pub dir: tempfile::TempDir,
+    pub admin: u16,
+    child: Option<Child>,
+}
+
+impl Proxy {
+    /// The `server:` and `admin:` sections every test config starts with.
+    pub fn prelude(dir: &Path, admin: u16) -> String {
+        format!(
+            "version: 1\nserver:\n  threads: 2\n  pid_file: {d}/switchyard.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\nadmin:\n  listen: 127.0.0.1:{admin}\n",
+            d = dir.display()
+        )
+    }
+
+    /// A new folder and admin port; the config is written by `start`.
+    pub fn new() -> Proxy {
+        Proxy {
+            dir: tempfile::tempdir().expect("a temp dir"),
+            admin: free_port(),
+            child: None,
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("switchyard.yaml")
+    }
+
+    /// Writes `body` (everything after the prelude) as the config, replacing the file by
+    /// rename as editors do.
+    pub fn write_config(&self, body: &str) {
+        let text = format!("{}{}", Self::prelude(self.dir.path(), self.admin), body);
+        self.write_raw(&text);
+    }
+
+    pub fn write_raw(&self, text: &str) {
+        let tmp = self.dir.path().join(".switchyard.yaml.tmp");
+        let mut f = std::fs::File::create(&tmp).expect("create temp config");
+        f.write_all(text.as_bytes()).expect("write temp config");
+        f.sync_all().expect("sync temp config");
+        std::fs::rename(&tmp, self.config_path()).expect("rename config");
+    }
+
+    /// Starts the binary on `body` and waits until the admin `/health` answers.
+    pub async fn start(body: &str) -> Proxy {
+        let mut p = Proxy::new();
+        p.write_config(body);
+        p.spawn().await;
+        p
+    }
+
+    pub async fn spawn(&mut self) {
+        let out = std::fs::File::create(self.dir.path().join("stdout.log")).expect("log file");
+        let err = std::fs::File::create(self.dir.path().join("stderr.log")).expect("log file");
+        let child = Command::new(bin())
+            .args(["run", "-c"])
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("start switchyard");
+        self.child = Some(child);
+        let url = format!("http://127.0.0.1:{}/health", self.admin);
+        let ready = wait_until(Duration::from_secs(20), || async {
+            reqwest::get(&url).await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        assert!(ready, "switchyard did not become ready:\n{}", self.stderr());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// The value of one metric series, e.g. `switchyard_config_reloads_total{result="ok",source="file"}`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    /// The config hash the running process reports.
+    pub async fn config_hash(&self) -> String {
+        let v: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{}/health", self.admin))
+            .await
+            .expect("health")
+            .json()
+            .await
+            .expect("health json");
+        v["config_hash"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Writes a new config and waits until the process runs it.
+    pub async fn reload_to(&self, body: &str) {
+        let text = format!("{}{}", Self::prelude(self.dir.path(), self.admin), body);
+        let want = sha256_hex(text.as_bytes());
+        self.write_raw(&text);
+        let ok = wait_until(Duration::from_secs(5), || async { self.config_hash().await == want }).await;
+        assert!(ok, "config was not applied:\n{}", self.stderr());
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    switchyard::config::hash_bytes(bytes)
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// Runs the binary with `args` and returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run switchyard");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}

@@ -1,6 +1,6 @@
 //! A small real HTTP server (hyper, HTTP/1.1 and h2c) that tells what it received.
 //!
-//! Paths: `/health` → 200; `/status/N` → N; `/stream?n=K&ms=M` → K chunks M ms apart;
+//! Paths: `/health` → 200; `/status/N` → N; `/delay?ms=M` → echo after M ms; `/stream?n=K&ms=M` → K chunks M ms apart;
 //! anything else → 200 with a JSON echo of the request.
 
 use bytes::Bytes;
@@ -132,7 +132,10 @@ async fn handle(req: Request<Incoming>, name: String, shared: Arc<Shared>) -> Re
     }
     let method = req.method().to_string();
     let headers = req.headers().clone();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    // A body cut short never counts as a request the backend saw.
+    let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
+        return Ok(full(400, "text/plain", "incomplete body"));
+    };
     shared.hits.fetch_add(1, Ordering::SeqCst);
     shared.seen.lock().expect("seen").push(Seen {
         method: method.clone(),
@@ -140,6 +143,9 @@ async fn handle(req: Request<Incoming>, name: String, shared: Arc<Shared>) -> Re
         headers: headers.clone(),
         body_len: body.len(),
     });
+    if path == "/delay" {
+        tokio::time::sleep(Duration::from_millis(query_num(query.as_deref(), "ms", 1000))).await;
+    }
     if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
         return Ok(full(code, "text/plain", format!("{code} from {name}")));
     }

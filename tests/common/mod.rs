@@ -2,6 +2,7 @@
 //! real upstream servers on 127.0.0.1, and readiness probes instead of sleeps.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod upstream;
 
 use std::io::Write;

@@ -48,10 +48,32 @@ impl Upstream {
 
     /// Starts on a given address (to bring a stopped backend back on its port).
     pub async fn start_on(name: &str, at: SocketAddr) -> Upstream {
+        Self::launch(name, at, None).await
+    }
+
+    /// An HTTPS upstream with the given PEM certificate and key.
+    pub async fn start_tls(name: &str, cert_pem: &str, key_pem: &str) -> Upstream {
+        let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("cert pem");
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .expect("key pem")
+            .expect("a key");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server config");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::launch(name, "127.0.0.1:0".parse().expect("addr"), Some(acceptor)).await
+    }
+
+    async fn launch(name: &str, at: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind(at).await.expect("bind upstream");
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared::default());
-        let task = tokio::spawn(serve(listener, name.to_string(), shared.clone()));
+        let task = tokio::spawn(serve(listener, name.to_string(), shared.clone(), tls));
         Upstream {
             name: name.to_string(),
             addr,
@@ -86,7 +108,12 @@ impl Drop for Upstream {
     }
 }
 
-async fn serve(listener: TcpListener, name: String, shared: Arc<Shared>) {
+async fn serve(
+    listener: TcpListener,
+    name: String,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     // Connections live in this set, so aborting the task closes them too.
     let mut conns = JoinSet::new();
     loop {
@@ -95,11 +122,20 @@ async fn serve(listener: TcpListener, name: String, shared: Arc<Shared>) {
         };
         let name = name.clone();
         let shared = shared.clone();
+        let tls = tls.clone();
         conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(req, name.clone(), shared.clone()));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(s) = acceptor.accept(stream).await {
+                        let _ = builder.serve_connection_with_upgrades(TokioIo::new(s), svc).await;
+                    }
+                }
+                None => {
+                    let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                }
+            }
         });
         while conns.try_join_next().is_some() {}
     }

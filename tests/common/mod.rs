@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
 pub use upstream::Upstream;
 
 /// A free loopback port (the kernel picks it; the listener is closed right away).

@@ -33,6 +33,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
     // listener is up. The supervisor listens for it once it runs.
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::new(AtomicBool::new(false)))
         .context("installing the SIGHUP handler")?;
+    // Pingora acts on these too; the flag only makes answers say `Connection: close`.
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGQUIT] {
+        signal_hook::flag::register(sig, crate::runtime::DRAINING.clone())
+            .context("installing the shutdown handlers")?;
+    }
     crate::metrics::init();
 
     let certs = certificate_stores(&loaded.config, &path)?;

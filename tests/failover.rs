@@ -150,3 +150,30 @@ routes:
     assert_eq!(slow.hits(), before, "a draining backend gets no new requests");
     assert_eq!(other.hits(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn total_timeout_bounds_the_whole_request() {
+    let up = Upstream::start("up").await;
+    let port = free_port();
+    let _p = Proxy::start(&format!(
+        r#"
+listeners:
+  - {{name: http, listen: "127.0.0.1:{port}"}}
+pools:
+  up: {{health_check: {{kind: none}}, backends: [{{address: "{up}"}}]}}
+routes:
+  - {{name: capped, match: {{path_prefix: /}}, pool: up, retries: 0, timeouts: {{read: 10s, total: 400ms}}}}
+"#,
+        up = up.addr
+    ))
+    .await;
+    let started = Instant::now();
+    let r = client().get(format!("http://127.0.0.1:{port}/delay?ms=3000")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    // A stream that outlives the deadline is cut: fewer than all of its events arrive.
+    let r = client().get(format!("http://127.0.0.1:{port}/stream?n=10&ms=100")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap_or_default();
+    assert!(!body.contains("data: 9"), "the deadline did not cut the stream: {body}");
+}

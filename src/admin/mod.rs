@@ -36,7 +36,11 @@ impl ServeHttp for Admin {
         match path.as_str() {
             "/health" if get => {
                 let snap = self.state.snapshot();
-                json_reply(200, json!({"status": "ok", "config_hash": snap.loaded.hash}))
+                json_reply(200, json!({
+                    "status": "ok",
+                    "config_hash": snap.loaded.hash,
+                    "pid": std::process::id(),
+                }))
             }
             "/metrics" if get => reply(200, "text/plain; version=0.0.4", crate::metrics::encode()),
             "/health" | "/metrics" => json_reply(405, json!({"error": "method not allowed"})),

@@ -229,7 +229,11 @@ impl ProxyHttp for Edge {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.state.snapshot();
         ctx.snapshot = Some(snap.clone());
-        session.set_keepalive(Some(snap.edge.keepalive_timeout.as_secs().max(1)));
+        if crate::runtime::draining() {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(snap.edge.keepalive_timeout.as_secs().max(1)));
+        }
         let req = session.req_header();
         ctx.request_id = request_id::pick(&req.headers);
         ctx.peer_ip = session

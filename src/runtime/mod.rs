@@ -18,6 +18,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+/// Set once SIGTERM or SIGQUIT arrives: answers then close their connection, so clients move
+/// to the new process (or go away) before Pingora drops idle keep-alive connections.
+pub static DRAINING: std::sync::LazyLock<Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::LazyLock::new(Default::default);
+
+pub fn draining() -> bool {
+    DRAINING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// What started a reload; also the `source` label of `config_reloads_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -96,18 +96,24 @@ impl Proxy {
         p
     }
 
-    pub async fn spawn(&mut self) {
-        let out = std::fs::File::create(self.dir.path().join("stdout.log")).expect("log file");
-        let err = std::fs::File::create(self.dir.path().join("stderr.log")).expect("log file");
-        let child = Command::new(bin())
+    /// Starts another process on the same config, logging to `<tag>.stdout.log` etc.
+    pub fn spawn_process(&self, tag: &str, extra: &[&str]) -> Child {
+        let log = |kind: &str| {
+            std::fs::File::create(self.dir.path().join(format!("{tag}{kind}.log"))).expect("log file")
+        };
+        Command::new(bin())
             .args(["run", "-c"])
             .arg(self.config_path())
+            .args(extra)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
+            .stdout(Stdio::from(log("stdout")))
+            .stderr(Stdio::from(log("stderr")))
             .spawn()
-            .expect("start switchyard");
-        self.child = Some(child);
+            .expect("start switchyard")
+    }
+
+    pub async fn spawn(&mut self) {
+        self.child = Some(self.spawn_process("", &[]));
         let url = format!("http://127.0.0.1:{}/health", self.admin);
         let ready = wait_until(Duration::from_secs(20), || async {
             reqwest::get(&url).await.is_ok_and(|r| r.status() == 200)
@@ -159,15 +165,24 @@ impl Proxy {
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
     }
 
+    /// The admin `/health` answer of whichever process serves the admin port now.
+    pub async fn health(&self) -> serde_json::Value {
+        self.try_health().await.expect("admin /health answers")
+    }
+
+    pub async fn try_health(&self) -> Option<serde_json::Value> {
+        let r = reqwest::get(format!("http://127.0.0.1:{}/health", self.admin)).await.ok()?;
+        r.json().await.ok()
+    }
+
     /// The config hash the running process reports.
     pub async fn config_hash(&self) -> String {
-        let v: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{}/health", self.admin))
-            .await
-            .expect("health")
-            .json()
-            .await
-            .expect("health json");
-        v["config_hash"].as_str().unwrap_or_default().to_string()
+        self.health().await["config_hash"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Takes the process handle (to wait for its exit).
+    pub fn take_child(&mut self) -> Option<Child> {
+        self.child.take()
     }
 
     /// Writes a new config and waits until the process runs it.

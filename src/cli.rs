@@ -4,7 +4,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "switchyard", version, about = "An edge proxy for HTTP APIs, on Pingora.")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "An edge proxy for HTTP APIs, on Pingora."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -29,7 +33,11 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// The YAML config file.
-    #[arg(short = 'c', long = "config", default_value = "/etc/switchyard/switchyard.yaml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        default_value = "/etc/switchyard/switchyard.yaml"
+    )]
     pub config: PathBuf,
     /// Run in the background (Pingora's daemon mode).
     #[arg(short = 'd', long)]

@@ -31,8 +31,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{}", e.render(&path.display().to_string())))?;
     // Pingora leaves SIGHUP at its default, which ends the process; take it over before any
     // listener is up. The supervisor listens for it once it runs.
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::new(AtomicBool::new(false)))
-        .context("installing the SIGHUP handler")?;
+    signal_hook::flag::register(
+        signal_hook::consts::SIGHUP,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .context("installing the SIGHUP handler")?;
     // Pingora acts on these too; the flag only makes answers say `Connection: close`.
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGQUIT] {
         signal_hook::flag::register(sig, crate::runtime::DRAINING.clone())
@@ -54,7 +57,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
         daemon: opts.daemon,
         ..Default::default()
     };
-    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&loaded.config.server, opts.daemon));
+    let mut server =
+        Server::new_with_opt_and_conf(opt, server_conf(&loaded.config.server, opts.daemon));
     server.bootstrap();
     let threads = loaded.config.server.threads;
     for l in &loaded.config.listeners {
@@ -72,11 +76,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
                 tls: l.tls.is_some(),
             },
         };
-        let mut svc = pingora::proxy::http_proxy_service_with_name(&server.configuration, edge, &l.name);
+        let mut svc =
+            pingora::proxy::http_proxy_service_with_name(&server.configuration, edge, &l.name);
         match state.certs.iter().find(|(n, _)| *n == l.name) {
-            Some((_, store)) => {
-                svc.add_tls_with_settings(&l.listen, None, crate::tls::listener_settings(store.clone()))
-            }
+            Some((_, store)) => svc.add_tls_with_settings(
+                &l.listen,
+                None,
+                crate::tls::listener_settings(store.clone()),
+            ),
             None => {
                 svc.add_tcp(&l.listen);
                 let mut options = HttpServerOptions::default();
@@ -89,7 +96,12 @@ pub fn run(opts: RunOptions) -> Result<()> {
         svc.threads = Some(threads);
         server.add_service(svc);
     }
-    let mut admin = Service::new("admin".to_string(), Admin { state: state.clone() });
+    let mut admin = Service::new(
+        "admin".to_string(),
+        Admin {
+            state: state.clone(),
+        },
+    );
     admin.add_tcp(&loaded.config.admin.listen);
     admin.threads = Some(1);
     server.add_service(admin);

@@ -94,7 +94,10 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Entry, TlsError> {
     })
 }
 
-fn entry(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Entry, String> {
+fn entry(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Entry, String> {
     let (names, not_after) = describe(&chain[0]);
     let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| e.to_string())?;
     Ok(Entry {
@@ -162,7 +165,9 @@ pub struct CertStore {
 
 impl fmt::Debug for CertStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertStore").field("listener", &self.listener).finish()
+        f.debug_struct("CertStore")
+            .field("listener", &self.listener)
+            .finish()
     }
 }
 
@@ -208,8 +213,12 @@ impl CertStore {
             let name = name.to_ascii_lowercase();
             entries
                 .iter()
-                .find(|e| e.names.iter().any(|n| *n == name))
-                .or_else(|| entries.iter().find(|e| e.names.iter().any(|n| wildcard(n, &name))))
+                .find(|e| e.names.contains(&name))
+                .or_else(|| {
+                    entries
+                        .iter()
+                        .find(|e| e.names.iter().any(|n| wildcard(n, &name)))
+                })
         });
         // A client that sends no SNI (or an unknown one) gets the first certificate.
         by_name.or_else(|| entries.first()).map(|e| e.key.clone())

@@ -39,14 +39,28 @@ async fn bodies_within_the_limit_arrive_whole() {
     let (_p, port) = proxy(&up).await;
     let url = format!("http://127.0.0.1:{port}/upload");
     for size in [1024usize, 60 * 1024, 100 * 1024, 1 << 20] {
-        let r = client().post(&url).body(vec![b'a'; size]).send().await.unwrap();
+        let r = client()
+            .post(&url)
+            .body(vec![b'a'; size])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "length {size}");
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["body_len"], size, "length {size}");
-        let r = client().post(&url).body(chunked(size.max(16384))).send().await.unwrap();
+        let r = client()
+            .post(&url)
+            .body(chunked(size.max(16384)))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "chunked {size}");
         let v: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(v["body_len"], size.max(16384) / 16384 * 16384, "chunked {size}");
+        assert_eq!(
+            v["body_len"],
+            size.max(16384) / 16384 * 16384,
+            "chunked {size}"
+        );
     }
 }
 
@@ -56,11 +70,21 @@ async fn oversized_bodies_get_413_and_never_reach_the_backend() {
     let (p, port) = proxy(&up).await;
     let url = format!("http://127.0.0.1:{port}/upload");
 
-    let r = client().post(&url).body(vec![b'a'; (1 << 20) + 1]).send().await.unwrap();
+    let r = client()
+        .post(&url)
+        .body(vec![b'a'; (1 << 20) + 1])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     assert!(r.headers().contains_key("x-request-id"));
 
-    let r = client().post(&url).body(chunked(2 << 20)).send().await.unwrap();
+    let r = client()
+        .post(&url)
+        .body(chunked(2 << 20))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     assert!(r.text().await.unwrap().contains("too large"));
 
@@ -75,7 +99,9 @@ async fn oversized_bodies_get_413_and_never_reach_the_backend() {
 async fn a_client_still_sending_reads_the_413() {
     let up = Upstream::start("up").await;
     let (_p, port) = proxy(&up).await;
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let len = 3 << 19; // 1.5 MiB
     let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n");
     s.write_all(head.as_bytes()).await.unwrap();

@@ -17,7 +17,11 @@ fn check(text: &str, env: &[(&str, &str)]) -> (i32, String, String) {
     let out = cmd.output().unwrap();
     let file = path.display().to_string();
     let err = String::from_utf8_lossy(&out.stderr).replace(&file, "FILE");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), err)
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        err,
+    )
 }
 
 #[test]
@@ -62,11 +66,23 @@ edge:
     let expect = [
         ("FILE:4:", "admin.api_key: too short"),
         ("FILE:7:", "listeners[1].name: duplicate listener name"),
-        ("FILE:7:", "listeners[1].listen: 127.0.0.1:8080 is already used by listeners[0]"),
-        ("FILE:10:", "listeners[2].protocol: tcp listeners are not supported yet"),
-        ("FILE:11:", "listeners[2].tls: a tcp listener cannot terminate TLS"),
+        (
+            "FILE:7:",
+            "listeners[1].listen: 127.0.0.1:8080 is already used by listeners[0]",
+        ),
+        (
+            "FILE:10:",
+            "listeners[2].protocol: tcp listeners are not supported yet",
+        ),
+        (
+            "FILE:11:",
+            "listeners[2].tls: a tcp listener cannot terminate TLS",
+        ),
         ("FILE:14:", "listeners[3].tls.certificates[0]: cannot read"),
-        ("FILE:17:", "pools.hashed.hash_on: consistent_hash needs hash_on"),
+        (
+            "FILE:17:",
+            "pools.hashed.hash_on: consistent_hash needs hash_on",
+        ),
         ("FILE:20:", "pools.bad.backends[0].address: invalid address"),
         ("FILE:22:", "routes[0].pool: no pool named \"nowhere\""),
         ("FILE:23:", "routes[1].name: duplicate route name"),
@@ -86,16 +102,28 @@ edge:
 fn syntax_type_and_unknown_key_errors_have_positions() {
     let (code, _, err) = check("version: 1\nroutes:\n  - name: x\n    match: {path_prefix: /}\n    respond: {status: 200}\n    colour: blue\n", &[]);
     assert_eq!(code, 1);
-    assert!(err.starts_with("FILE:6:5: routes[0].colour: unknown field `colour`"), "{err}");
+    assert!(
+        err.starts_with("FILE:6:5: routes[0].colour: unknown field `colour`"),
+        "{err}"
+    );
 
-    let (_, _, err) = check("version: 1\npools:\n  a: {backends: [{address: 127.0.0.1:1, weight: heavy}]}\n", &[]);
-    assert!(err.contains("pools.a.backends[0].weight: invalid type"), "{err}");
+    let (_, _, err) = check(
+        "version: 1\npools:\n  a: {backends: [{address: 127.0.0.1:1, weight: heavy}]}\n",
+        &[],
+    );
+    assert!(
+        err.contains("pools.a.backends[0].weight: invalid type"),
+        "{err}"
+    );
     assert!(err.starts_with("FILE:3:"), "{err}");
 
     let (_, _, err) = check("version: 1\nlisteners: [\n", &[]);
     assert!(err.starts_with("FILE:3:1: YAML syntax"), "{err}");
 
-    let (_, _, err) = check("version: 1\npools:\n  a: {timeouts: {read: soon}, backends: [{address: 127.0.0.1:1}]}\n", &[]);
+    let (_, _, err) = check(
+        "version: 1\npools:\n  a: {timeouts: {read: soon}, backends: [{address: 127.0.0.1:1}]}\n",
+        &[],
+    );
     assert!(err.contains("invalid duration"), "{err}");
 }
 
@@ -104,7 +132,10 @@ fn environment_placeholders() {
     let text = "version: 1\nadmin:\n  api_key: ${ADMIN_KEY}\nlisteners:\n  - {name: h, listen: \"${ADDR:-127.0.0.1:8080}\"}\n";
     let (code, _, err) = check(text, &[]);
     assert_eq!(code, 1);
-    assert!(err.contains("FILE:3:") && err.contains("${ADMIN_KEY} has no value"), "{err}");
+    assert!(
+        err.contains("FILE:3:") && err.contains("${ADMIN_KEY} has no value"),
+        "{err}"
+    );
     let (code, out, err) = check(text, &[("ADMIN_KEY", "0123456789abcdef0123456789abcdef")]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("ok (1 listeners"), "{out}");
@@ -115,7 +146,10 @@ fn unbuilt_features_are_refused_not_ignored() {
     let text = "version: 1\npools:\n  p: {backends: [{address: 127.0.0.1:1}]}\nroutes:\n  - {name: r, match: {path_prefix: /}, pool: p, rate_limit: {requests: 1, per: 1m}}\n";
     let (code, _, err) = check(text, &[]);
     assert_eq!(code, 1);
-    assert!(err.contains("routes[0].rate_limit: not supported yet"), "{err}");
+    assert!(
+        err.contains("routes[0].rate_limit: not supported yet"),
+        "{err}"
+    );
 }
 
 #[test]

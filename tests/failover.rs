@@ -61,7 +61,11 @@ async fn kills_and_restarts_a_backend_without_failed_requests() {
         .await;
         assert!(down, "{kind}: not marked down");
         // 2 failures × 200 ms, plus one interval of slack for where the first check fell.
-        assert!(killed.elapsed() < Duration::from_millis(2000), "{kind}: took {:?}", killed.elapsed());
+        assert!(
+            killed.elapsed() < Duration::from_millis(2000),
+            "{kind}: took {:?}",
+            killed.elapsed()
+        );
 
         let b2 = Upstream::start_on("b", b.addr).await;
         let up = wait_until(Duration::from_secs(3), || async {
@@ -73,14 +77,20 @@ async fn kills_and_restarts_a_backend_without_failed_requests() {
         for _ in 0..10 {
             assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
         }
-        assert!(b2.hits() > before, "{kind}: the restarted backend gets traffic again");
+        assert!(
+            b2.hits() > before,
+            "{kind}: the restarted backend gets traffic again"
+        );
         let failures = p
             .metric(&format!(
                 "switchyard_upstream_connect_failures_total{{backend=\"{}\",pool=\"app\"}}",
                 b.addr
             ))
             .await;
-        assert!(failures.unwrap_or(0.0) >= 1.0, "connect failures are counted");
+        assert!(
+            failures.unwrap_or(0.0) >= 1.0,
+            "connect failures are counted"
+        );
     }
 }
 
@@ -95,7 +105,11 @@ async fn all_backends_down_answers_503_and_connect_errors_502() {
     b.stop();
     // Before the checks notice, every attempt fails to connect: 502.
     let first = client().get(&url).send().await.unwrap();
-    assert!(matches!(first.status().as_u16(), 502 | 503), "{}", first.status());
+    assert!(
+        matches!(first.status().as_u16(), 502 | 503),
+        "{}",
+        first.status()
+    );
     let all_down = wait_until(Duration::from_secs(3), || async {
         healthy_gauge(&p, &a).await == Some(0.0) && healthy_gauge(&p, &b).await == Some(0.0)
     })
@@ -144,10 +158,18 @@ routes:
     assert_eq!(r.status(), 200);
     let before = slow.hits();
     for _ in 0..10 {
-        let r = client().get(format!("http://127.0.0.1:{port}/x")).send().await.unwrap();
+        let r = client()
+            .get(format!("http://127.0.0.1:{port}/x"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
-    assert_eq!(slow.hits(), before, "a draining backend gets no new requests");
+    assert_eq!(
+        slow.hits(),
+        before,
+        "a draining backend gets no new requests"
+    );
     assert_eq!(other.hits(), 10);
 }
 
@@ -168,12 +190,27 @@ routes:
     ))
     .await;
     let started = Instant::now();
-    let r = client().get(format!("http://127.0.0.1:{port}/delay?ms=3000")).send().await.unwrap();
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}/delay?ms=3000"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 504);
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
     // A stream that outlives the deadline is cut: fewer than all of its events arrive.
-    let r = client().get(format!("http://127.0.0.1:{port}/stream?n=10&ms=100")).send().await.unwrap();
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}/stream?n=10&ms=100"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let body = r.text().await.unwrap_or_default();
-    assert!(!body.contains("data: 9"), "the deadline did not cut the stream: {body}");
+    assert!(
+        !body.contains("data: 9"),
+        "the deadline did not cut the stream: {body}"
+    );
 }

@@ -50,7 +50,10 @@ async fn sigterm_finishes_requests_in_flight_then_exits() {
     assert_eq!(inflight.await.unwrap().expect("in-flight request"), 200);
     let mut child = p.take_child().expect("child");
     // grace_period_seconds: 1 + graceful_shutdown_timeout_seconds: 1 in the test prelude.
-    assert!(wait_exit(&mut child, Duration::from_secs(6)), "did not exit after SIGTERM");
+    assert!(
+        wait_exit(&mut child, Duration::from_secs(6)),
+        "did not exit after SIGTERM"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -96,15 +99,27 @@ async fn graceful_upgrade_hands_sockets_over_without_failures() {
     })
     .await;
     assert!(handed, "the new process never served the admin port");
-    assert!(wait_exit(&mut old, Duration::from_secs(15)), "old process did not exit");
+    assert!(
+        wait_exit(&mut old, Duration::from_secs(15)),
+        "old process did not exit"
+    );
     // Traffic keeps flowing on the new process.
     let before = ok.load(Ordering::SeqCst);
-    assert!(wait_until(Duration::from_secs(5), || async { ok.load(Ordering::SeqCst) > before + 20 }).await);
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            ok.load(Ordering::SeqCst) > before + 20
+        })
+        .await
+    );
     stop.store(true, Ordering::SeqCst);
     for l in loops {
         l.await.unwrap();
     }
-    assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed during the upgrade");
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests failed during the upgrade"
+    );
     assert!(ok.load(Ordering::SeqCst) > 0);
     let _ = new.kill();
     let _ = new.wait();

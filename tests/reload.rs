@@ -26,7 +26,14 @@ routes:
 }
 
 async fn served_by(url: &str) -> String {
-    let v: serde_json::Value = client().get(url).send().await.unwrap().json().await.unwrap();
+    let v: serde_json::Value = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     v["server"].as_str().unwrap_or_default().to_string()
 }
 
@@ -67,15 +74,25 @@ async fn rewriting_the_file_under_load_fails_no_request() {
     }
     // The last write sent the route to pool a.
     let written = Instant::now();
-    let switched = wait_until(Duration::from_secs(1), || async { served_by(&url).await == "a" }).await;
+    let switched = wait_until(Duration::from_secs(1), || async {
+        served_by(&url).await == "a"
+    })
+    .await;
     assert!(switched, "the last version was not live within 1 s");
     assert!(written.elapsed() < Duration::from_secs(1));
     for w in workers {
         w.await.unwrap();
     }
     assert_eq!(done.load(Ordering::SeqCst), 2000);
-    assert_eq!(failures.load(Ordering::SeqCst), 0, "requests failed during reloads");
-    assert!(a.hits() > 0 && b.hits() > 0, "both pools served during the run");
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "requests failed during reloads"
+    );
+    assert!(
+        a.hits() > 0 && b.hits() > 0,
+        "both pools served during the run"
+    );
     let reloads = p
         .metric("switchyard_config_reloads_total{result=\"ok\",source=\"file\"}")
         .await
@@ -95,11 +112,22 @@ async fn invalid_files_keep_the_running_config() {
     let good = two_pools(port, &a, &b, "b", "");
     let cases = [
         ("bad yaml", format!("{prelude}{good}  - [unclosed\n"), None),
-        ("unknown key", format!("{prelude}{good}edge: {{alow: []}}\n"), Some("edge.alow")),
-        ("missing pool", format!("{prelude}{}", two_pools(port, &a, &b, "nope", "")), Some("routes[0].pool")),
+        (
+            "unknown key",
+            format!("{prelude}{good}edge: {{alow: []}}\n"),
+            Some("edge.alow"),
+        ),
+        (
+            "missing pool",
+            format!("{prelude}{}", two_pools(port, &a, &b, "nope", "")),
+            Some("routes[0].pool"),
+        ),
         (
             "bad address",
-            format!("{prelude}{}", two_pools(port, &a, &b, "b", "").replace(&b.addr.to_string(), "127.0.0.1:99999")),
+            format!(
+                "{prelude}{}",
+                two_pools(port, &a, &b, "b", "").replace(&b.addr.to_string(), "127.0.0.1:99999")
+            ),
             Some("pools.b.backends[0].address"),
         ),
     ];
@@ -114,7 +142,11 @@ async fn invalid_files_keep_the_running_config() {
         .await;
         assert!(counted, "{what}: the rejection was not counted");
         assert_eq!(p.config_hash().await, good_hash, "{what}: config changed");
-        assert_eq!(served_by(&url).await, "a", "{what}: the old config stopped serving");
+        assert_eq!(
+            served_by(&url).await,
+            "a",
+            "{what}: the old config stopped serving"
+        );
 
         let (code, _, err) = run_cli(&["check", "-c", p.config_path().to_str().unwrap()], None);
         assert_eq!(code, 1, "{what}: check must fail");
@@ -124,7 +156,10 @@ async fn invalid_files_keep_the_running_config() {
         let after_file = &line[file.len() + 1..];
         let mut parts = after_file.splitn(3, ':');
         let (l, c) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        assert!(l.parse::<usize>().is_ok() && c.parse::<usize>().is_ok(), "{what}: no LINE:COL in {line}");
+        assert!(
+            l.parse::<usize>().is_ok() && c.parse::<usize>().is_ok(),
+            "{what}: no LINE:COL in {line}"
+        );
         if let Some(path) = path {
             assert!(line.contains(path), "{what}: {line} should name {path}");
         }
@@ -186,7 +221,10 @@ routes:
     }
     let text = String::from_utf8(rest).unwrap();
     for i in 0..10 {
-        assert!(text.contains(&format!("data: {i}\n")), "missing event {i}: {text}");
+        assert!(
+            text.contains(&format!("data: {i}\n")),
+            "missing event {i}: {text}"
+        );
     }
     assert_eq!(served_by(&format!("http://127.0.0.1:{port}/")).await, "b");
 }
@@ -217,13 +255,21 @@ routes:
     // The first check runs at start, so `a` is known down right away.
     let p = Proxy::start(&pool("")).await;
     let gauge = format!("switchyard_backend_healthy{{backend=\"{a_addr}\",pool=\"ab\"}}");
-    assert!(wait_until(Duration::from_secs(3), || async { p.metric(&gauge).await == Some(0.0) }).await);
-    p.reload_to(&pool("# unrelated edit\n")).await;
-    assert_eq!(p.metric(&gauge).await, Some(0.0), "health state survived the reload");
-    // With `a` known down, no request even tries it: no new connect failure is counted.
-    let failures = format!(
-        "switchyard_upstream_connect_failures_total{{backend=\"{a_addr}\",pool=\"ab\"}}"
+    assert!(
+        wait_until(Duration::from_secs(3), || async {
+            p.metric(&gauge).await == Some(0.0)
+        })
+        .await
     );
+    p.reload_to(&pool("# unrelated edit\n")).await;
+    assert_eq!(
+        p.metric(&gauge).await,
+        Some(0.0),
+        "health state survived the reload"
+    );
+    // With `a` known down, no request even tries it: no new connect failure is counted.
+    let failures =
+        format!("switchyard_upstream_connect_failures_total{{backend=\"{a_addr}\",pool=\"ab\"}}");
     let before = p.metric(&failures).await.unwrap_or(0.0);
     for _ in 0..10 {
         assert_eq!(served_by(&format!("http://127.0.0.1:{port}/")).await, "b");

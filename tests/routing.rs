@@ -16,7 +16,11 @@ async fn get_json(url: &str, headers: &[(&str, &str)]) -> (u16, reqwest::header:
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let text = resp.text().await.expect("body");
-    (status, headers, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -60,7 +64,11 @@ routes:
 
     let (s, _, v) = get_json(&format!("{base}/api/x"), &[]).await;
     assert_eq!((s, server(&v)), (200, "fast".into()));
-    let (_, _, v) = get_json(&format!("{base}/api/x"), &[("x-historical-enabled", "true")]).await;
+    let (_, _, v) = get_json(
+        &format!("{base}/api/x"),
+        &[("x-historical-enabled", "true")],
+    )
+    .await;
     assert_eq!(server(&v), "heavy");
     let (_, _, v) = get_json(&format!("{base}/api/x?a=1&kernel=de441"), &[]).await;
     assert_eq!(server(&v), "heavy");
@@ -73,7 +81,12 @@ routes:
     let (s, _, _) = get_json(&format!("{base}/anything"), &[("host", "b.a.other.test")]).await;
     assert_eq!(s, 404, "a wildcard covers one label only");
 
-    let resp = client().post(format!("{base}/write")).body("x").send().await.unwrap();
+    let resp = client()
+        .post(format!("{base}/write"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let (s, _, _) = get_json(&format!("{base}/write"), &[]).await;
     assert_eq!(s, 404, "GET does not match a POST-only route");
@@ -114,12 +127,19 @@ routes:
     assert_eq!(resp.status(), 202);
     assert_eq!(resp.headers()["x-local"], "yes");
     assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
-    assert!(!resp.headers().contains_key("strict-transport-security"), "no HSTS on plain HTTP");
+    assert!(
+        !resp.headers().contains_key("strict-transport-security"),
+        "no HSTS on plain HTTP"
+    );
     assert_eq!(resp.text().await.unwrap(), "pong\n");
 
     let (s, h, v) = get_json(
         &format!("{base}/v1/models?x=1"),
-        &[("x-secret", "hush"), ("x-request-id", "client-id-1"), ("x-forwarded-for", "6.6.6.6")],
+        &[
+            ("x-secret", "hush"),
+            ("x-request-id", "client-id-1"),
+            ("x-forwarded-for", "6.6.6.6"),
+        ],
     )
     .await;
     assert_eq!(s, 200);
@@ -129,7 +149,11 @@ routes:
     assert_eq!(hdr("x-added"), "1");
     assert_eq!(hdr("x-secret"), "");
     assert_eq!(hdr("x-request-id"), "client-id-1");
-    assert_eq!(hdr("x-forwarded-for"), "127.0.0.1", "an untrusted peer cannot forge the chain");
+    assert_eq!(
+        hdr("x-forwarded-for"),
+        "127.0.0.1",
+        "an untrusted peer cannot forge the chain"
+    );
     assert_eq!(hdr("x-real-ip"), "127.0.0.1");
     assert_eq!(hdr("x-forwarded-proto"), "http");
     assert_eq!(hdr("x-forwarded-host"), "127.0.0.1");
@@ -137,11 +161,18 @@ routes:
     assert_eq!(h["x-edge"], "switchyard");
     assert!(!h.contains_key("x-remove-me"));
 
-    let (_, h, v) = get_json(&format!("{base}/v1/a"), &[("x-request-id", "bad id with spaces")]).await;
+    let (_, h, v) = get_json(
+        &format!("{base}/v1/a"),
+        &[("x-request-id", "bad id with spaces")],
+    )
+    .await;
     let id = h["x-request-id"].to_str().unwrap().to_string();
     assert_ne!(id, "bad id with spaces");
     assert_eq!(v["headers"]["x-request-id"], id.as_str());
-    assert!(p.stdout().contains(&format!("\"request_id\":\"{id}\"")), "access log names the id");
+    assert!(
+        p.stdout().contains(&format!("\"request_id\":\"{id}\"")),
+        "access log names the id"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -174,7 +205,9 @@ routes:
     let mut count: HashMap<String, usize> = HashMap::new();
     for _ in 0..40 {
         let (_, _, v) = get_json(&format!("{base}/x"), &[]).await;
-        *count.entry(v["server"].as_str().unwrap().to_string()).or_default() += 1;
+        *count
+            .entry(v["server"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     assert_eq!(count.get("a"), Some(&30), "weight 3:1 → {count:?}");
     assert_eq!(count.get("b"), Some(&10), "weight 3:1 → {count:?}");
@@ -183,7 +216,10 @@ routes:
         let (_, _, first) = get_json(&format!("{base}/sticky"), &[("x-user", user)]).await;
         for _ in 0..5 {
             let (_, _, again) = get_json(&format!("{base}/sticky"), &[("x-user", user)]).await;
-            assert_eq!(again["server"], first["server"], "{user} stays on one backend");
+            assert_eq!(
+                again["server"], first["server"],
+                "{user} stays on one backend"
+            );
         }
     }
 }
@@ -229,8 +265,15 @@ routes:
         up = up.addr
     ))
     .await;
-    let c = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
-    let resp = c.get(format!("http://127.0.0.1:{port}/h2")).send().await.unwrap();
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = c
+        .get(format!("http://127.0.0.1:{port}/h2"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();

@@ -51,22 +51,46 @@ async fn alpn_sni_and_versions() {
     ));
     p.spawn().await;
 
-    let h2 = tls_client(&ca, &["a.test", "b.test"], port).build().unwrap();
+    let h2 = tls_client(&ca, &["a.test", "b.test"], port)
+        .build()
+        .unwrap();
     for host in ["a.test", "b.test"] {
-        let r = h2.get(format!("https://{host}:{port}/x")).send().await.unwrap();
-        assert_eq!(r.status(), 200, "{host}: the certificate for its name was served");
+        let r = h2
+            .get(format!("https://{host}:{port}/x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "{host}: the certificate for its name was served"
+        );
         assert_eq!(r.version(), reqwest::Version::HTTP_2, "ALPN picks h2");
         assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["headers"]["x-forwarded-proto"], "https");
     }
-    let h1 = tls_client(&ca, &["a.test"], port).http1_only().build().unwrap();
-    let r = h1.get(format!("https://a.test:{port}/x")).send().await.unwrap();
+    let h1 = tls_client(&ca, &["a.test"], port)
+        .http1_only()
+        .build()
+        .unwrap();
+    let r = h1
+        .get(format!("https://a.test:{port}/x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_11, "http/1.1 fallback");
 
     let handshake = |flag: &'static str| {
         std::process::Command::new("openssl")
-            .args(["s_client", flag, "-connect", &format!("127.0.0.1:{port}"), "-servername", "a.test"])
+            .args([
+                "s_client",
+                flag,
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                "-servername",
+                "a.test",
+            ])
             .stdin(std::process::Stdio::null())
             .output()
             .expect("openssl s_client (install openssl)")
@@ -74,7 +98,11 @@ async fn alpn_sni_and_versions() {
     let old = handshake("-tls1_1");
     assert!(!old.status.success(), "TLS 1.1 must be refused");
     let ok = handshake("-tls1_2");
-    assert!(ok.status.success(), "TLS 1.2 works: {}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "TLS 1.2 works: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -85,12 +113,19 @@ async fn replaced_certificates_are_served_after_reload_without_restart() {
     let mut p = Proxy::new();
     old_ca.write(p.dir.path(), "edge", &["a.test"]);
     let port = free_port();
-    p.write_config(&listener_with_certs(port, &up, "{cert: edge.crt, key: edge.key}"));
+    p.write_config(&listener_with_certs(
+        port,
+        &up,
+        "{cert: edge.crt, key: edge.key}",
+    ));
     p.spawn().await;
     let pid = p.pid();
     let trusts_new = tls_client(&new_ca, &["a.test"], port).build().unwrap();
     let url = format!("https://a.test:{port}/");
-    assert!(trusts_new.get(&url).send().await.is_err(), "the old certificate is served first");
+    assert!(
+        trusts_new.get(&url).send().await.is_err(),
+        "the old certificate is served first"
+    );
 
     // Replace both files (by rename, as certbot does), then ask for a reload.
     let (cert, key) = new_ca.issue(&["a.test"]);
@@ -108,7 +143,9 @@ async fn replaced_certificates_are_served_after_reload_without_restart() {
     assert!(served, "new certificate not served:\n{}", p.stderr());
     assert_eq!(p.pid(), pid);
     let expiry = p.metrics().await;
-    assert!(expiry.contains("switchyard_tls_certificate_expiry_timestamp_seconds{listener=\"https\",name=\"a.test\"}"));
+    assert!(expiry.contains(
+        "switchyard_tls_certificate_expiry_timestamp_seconds{listener=\"https\",name=\"a.test\"}"
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,7 +168,11 @@ routes:
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let r = c.get(format!("https://127.0.0.1:{tls_port}/")).send().await.unwrap();
+    let r = c
+        .get(format!("https://127.0.0.1:{tls_port}/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap(), "hi\n");
     let r = c
         .get(format!("http://127.0.0.1:{http_port}/some/path?q=1"))
@@ -171,11 +212,15 @@ routes:
         up = up.addr
     ))
     .await;
-    let r = reqwest::get(format!("http://127.0.0.1:{port}/x")).await.unwrap();
+    let r = reqwest::get(format!("http://127.0.0.1:{port}/x"))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["server"], "secure");
     // The test CA is not among the system's roots, so verification refuses the backend.
-    let r = reqwest::get(format!("http://127.0.0.1:{port}/verified")).await.unwrap();
+    let r = reqwest::get(format!("http://127.0.0.1:{port}/verified"))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
 }

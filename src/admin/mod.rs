@@ -36,18 +36,23 @@ impl ServeHttp for Admin {
         match path.as_str() {
             "/health" if get => {
                 let snap = self.state.snapshot();
-                json_reply(200, json!({
-                    "status": "ok",
-                    "config_hash": snap.loaded.hash,
-                    "pid": std::process::id(),
-                }))
+                json_reply(
+                    200,
+                    json!({
+                        "status": "ok",
+                        "config_hash": snap.loaded.hash,
+                        "pid": std::process::id(),
+                    }),
+                )
             }
             "/metrics" if get => reply(200, "text/plain; version=0.0.4", crate::metrics::encode()),
             "/health" | "/metrics" => json_reply(405, json!({"error": "method not allowed"})),
-            p if p.starts_with("/config") || p.starts_with("/pools") || p == "/status" => json_reply(
-                501,
-                json!({"error": "this admin endpoint is not built yet; edit the file instead"}),
-            ),
+            p if p.starts_with("/config") || p.starts_with("/pools") || p == "/status" => {
+                json_reply(
+                    501,
+                    json!({"error": "this admin endpoint is not built yet; edit the file instead"}),
+                )
+            }
             _ => json_reply(404, json!({"error": "not found"})),
         }
     }

@@ -49,9 +49,16 @@ fn walk(
             for (k, v) in map.iter_mut() {
                 let key = match k {
                     Value::String(s) => s.clone(),
-                    other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+                    other => serde_yaml::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
                 };
-                let child = if path.is_empty() { key } else { format!("{path}.{key}") };
+                let child = if path.is_empty() {
+                    key
+                } else {
+                    format!("{path}.{key}")
+                };
                 walk(v, child, lookup, missing);
             }
         }
@@ -87,7 +94,10 @@ pub fn substitute(
             Some((n, d)) => (n, Some(d)),
             None => (inner, None),
         };
-        match lookup(name).filter(|v| !v.is_empty()).or(default.map(str::to_string)) {
+        match lookup(name)
+            .filter(|v| !v.is_empty())
+            .or(default.map(str::to_string))
+        {
             Some(v) => out.push_str(&v),
             None => missing.push(name.to_string()),
         }

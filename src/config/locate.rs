@@ -62,7 +62,11 @@ impl Builder {
                 Some(p)
             }
             Some(Frame::Map { path, key }) => match key.take() {
-                Some(k) => Some(if path.is_empty() { k } else { format!("{path}.{k}") }),
+                Some(k) => Some(if path.is_empty() {
+                    k
+                } else {
+                    format!("{path}.{k}")
+                }),
                 None => {
                     // This node is a key: remember it and point the key's own path at it.
                     let k = scalar.unwrap_or("?").to_string();
@@ -88,7 +92,11 @@ impl MarkedEventReceiver for Builder {
                     self.map.entry(p).or_insert(pos);
                 } else if is_key {
                     if let Some(Frame::Map { path, key: Some(k) }) = self.stack.last() {
-                        let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                        let p = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
                         self.map.insert(p, pos);
                     }
                 }
@@ -121,10 +129,20 @@ mod tests {
 
     #[test]
     fn finds_nested_paths() {
-        let text = "pools:\n  a:\n    backends:\n      - address: x\n      - {address: y}\nroutes: []\n";
+        let text =
+            "pools:\n  a:\n    backends:\n      - address: x\n      - {address: y}\nroutes: []\n";
         let p = Positions::of(text);
-        assert_eq!(p.find("pools.a.backends[1].address"), Some(Pos { line: 5, column: 10 }));
-        assert_eq!(p.find("pools.a.backends[0].address"), Some(Pos { line: 4, column: 9 }));
+        assert_eq!(
+            p.find("pools.a.backends[1].address"),
+            Some(Pos {
+                line: 5,
+                column: 10
+            })
+        );
+        assert_eq!(
+            p.find("pools.a.backends[0].address"),
+            Some(Pos { line: 4, column: 9 })
+        );
         assert_eq!(p.find("routes").map(|p| p.line), Some(6));
         assert_eq!(p.find("pools.a.nope").map(|p| p.line), Some(2));
     }

@@ -141,7 +141,10 @@ pub fn parse(
             .map(|m| {
                 locate(Problem::new(
                     m.path,
-                    format!("${{{}}} has no value in the environment and no default", m.var),
+                    format!(
+                        "${{{}}} has no value in the environment and no default",
+                        m.var
+                    ),
                 ))
             })
             .collect();
@@ -155,7 +158,9 @@ pub fn parse(
     })?;
     let problems = validate::validate(&config, base);
     if !problems.is_empty() {
-        return Err(ConfigError::Invalid(problems.into_iter().map(locate).collect()));
+        return Err(ConfigError::Invalid(
+            problems.into_iter().map(locate).collect(),
+        ));
     }
     Ok(Loaded {
         config,

@@ -34,7 +34,10 @@ pub fn check_host_port(text: &str) -> Result<(), String> {
     }
     let bad = || format!("invalid address {text:?}; write ip:port or host:port");
     let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
-    port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad)?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(bad)?;
     let host_ok = !host.is_empty()
         && host.len() <= 253
         && host
@@ -100,7 +103,10 @@ impl Validator {
 
     fn admin(&mut self, a: &AdminSettings) {
         if a.listen.parse::<SocketAddr>().is_err() {
-            self.err("admin.listen", format!("invalid address {:?}; write ip:port", a.listen));
+            self.err(
+                "admin.listen",
+                format!("invalid address {:?}; write ip:port", a.listen),
+            );
         }
         if let Some(key) = &a.api_key {
             if let Some(hex) = key.strip_prefix("sha256:") {
@@ -128,7 +134,10 @@ impl Validator {
             if l.name.is_empty() {
                 self.err(format!("{p}.name"), "must not be empty");
             } else if !names.insert(l.name.as_str()) {
-                self.err(format!("{p}.name"), format!("duplicate listener name {:?}", l.name));
+                self.err(
+                    format!("{p}.name"),
+                    format!("duplicate listener name {:?}", l.name),
+                );
             }
             match l.listen.parse::<SocketAddr>() {
                 Err(_) => self.err(
@@ -137,13 +146,19 @@ impl Validator {
                 ),
                 Ok(a) => {
                     if let Some(other) = addrs.insert(a, p.clone()) {
-                        self.err(format!("{p}.listen"), format!("{a} is already used by {other}"));
+                        self.err(
+                            format!("{p}.listen"),
+                            format!("{a} is already used by {other}"),
+                        );
                     }
                 }
             }
             match l.protocol {
                 Protocol::Tcp => {
-                    self.err(format!("{p}.protocol"), "tcp listeners are not supported yet");
+                    self.err(
+                        format!("{p}.protocol"),
+                        "tcp listeners are not supported yet",
+                    );
                     if l.tls.is_some() {
                         self.err(format!("{p}.tls"), "a tcp listener cannot terminate TLS");
                     }
@@ -182,7 +197,10 @@ impl Validator {
             ),
         }
         if tls.certificates.is_empty() && tls.self_signed.is_empty() {
-            self.err(p, "give certificates: [{cert, key}] or self_signed: [names]");
+            self.err(
+                p,
+                "give certificates: [{cert, key}] or self_signed: [names]",
+            );
         }
         for (i, pair) in tls.certificates.iter().enumerate() {
             let cert = self.resolve(&pair.cert);
@@ -212,9 +230,10 @@ impl Validator {
                     self.err(format!("{p}.hash_on"), e);
                 }
             }
-            (_, Some(_)) => {
-                self.err(format!("{p}.hash_on"), "hash_on is used only with balance: consistent_hash")
-            }
+            (_, Some(_)) => self.err(
+                format!("{p}.hash_on"),
+                "hash_on is used only with balance: consistent_hash",
+            ),
             (Balance::LeastRequests, None) => self.err(
                 format!("{p}.balance"),
                 "least_requests is not supported yet (it comes with the OpenAI gateway)",
@@ -222,7 +241,11 @@ impl Validator {
             _ => {}
         }
         self.health_check(&format!("{p}.health_check"), &pool.health_check);
-        self.unsupported(&format!("{p}.passive_health"), &pool.passive_health, "comes with the OpenAI gateway");
+        self.unsupported(
+            &format!("{p}.passive_health"),
+            &pool.passive_health,
+            "comes with the OpenAI gateway",
+        );
         for (key, d) in [
             ("connect", pool.timeouts.connect),
             ("read", pool.timeouts.read),
@@ -242,7 +265,10 @@ impl Validator {
             if let Err(e) = check_host_port(&b.address) {
                 self.err(format!("{bp}.address"), e);
             } else if !seen.insert(b.address.as_str()) {
-                self.err(format!("{bp}.address"), format!("duplicate backend {}", b.address));
+                self.err(
+                    format!("{bp}.address"),
+                    format!("duplicate backend {}", b.address),
+                );
             }
             if let Some(t) = &tls {
                 let is_ip = b.address.parse::<SocketAddr>().is_ok();
@@ -258,11 +284,26 @@ impl Validator {
                 }
             }
             if b.weight == 0 {
-                self.err(format!("{bp}.weight"), "must be at least 1 (use drain: true to stop traffic)");
+                self.err(
+                    format!("{bp}.weight"),
+                    "must be at least 1 (use drain: true to stop traffic)",
+                );
             }
-            self.unsupported(&format!("{bp}.models"), &b.models, "comes with the OpenAI gateway");
-            self.unsupported(&format!("{bp}.api_key"), &b.api_key, "comes with the OpenAI gateway");
-            self.unsupported(&format!("{bp}.max_inflight"), &b.max_inflight, "comes with the OpenAI gateway");
+            self.unsupported(
+                &format!("{bp}.models"),
+                &b.models,
+                "comes with the OpenAI gateway",
+            );
+            self.unsupported(
+                &format!("{bp}.api_key"),
+                &b.api_key,
+                "comes with the OpenAI gateway",
+            );
+            self.unsupported(
+                &format!("{bp}.max_inflight"),
+                &b.max_inflight,
+                "comes with the OpenAI gateway",
+            );
         }
     }
 
@@ -291,7 +332,10 @@ impl Validator {
             }
             for (i, s) in h.expect.iter().enumerate() {
                 if !(100..=599).contains(s) {
-                    self.err(format!("{p}.expect[{i}]"), format!("{s} is not an HTTP status"));
+                    self.err(
+                        format!("{p}.expect[{i}]"),
+                        format!("{s} is not an HTTP status"),
+                    );
                 }
             }
         }
@@ -304,7 +348,10 @@ impl Validator {
             if r.name.is_empty() {
                 self.err(format!("{p}.name"), "must not be empty");
             } else if !names.insert(r.name.as_str()) {
-                self.err(format!("{p}.name"), format!("duplicate route name {:?}", r.name));
+                self.err(
+                    format!("{p}.name"),
+                    format!("duplicate route name {:?}", r.name),
+                );
             }
             match (&r.pool, &r.respond) {
                 (Some(_), Some(_)) => self.err(&p, "give either pool or respond, not both"),
@@ -325,10 +372,26 @@ impl Validator {
                 }
             }
             self.route_match(&format!("{p}.match"), &r.matcher);
-            self.unsupported(&format!("{p}.openai"), &r.openai, "the OpenAI gateway issue builds it");
-            self.unsupported(&format!("{p}.auth"), &r.auth, "client keys come with the OpenAI gateway");
-            self.unsupported(&format!("{p}.rate_limit"), &r.rate_limit, "rate limits come with edge policies");
-            self.unsupported(&format!("{p}.cors"), &r.cors, "CORS comes with edge policies");
+            self.unsupported(
+                &format!("{p}.openai"),
+                &r.openai,
+                "the OpenAI gateway issue builds it",
+            );
+            self.unsupported(
+                &format!("{p}.auth"),
+                &r.auth,
+                "client keys come with the OpenAI gateway",
+            );
+            self.unsupported(
+                &format!("{p}.rate_limit"),
+                &r.rate_limit,
+                "rate limits come with edge policies",
+            );
+            self.unsupported(
+                &format!("{p}.cors"),
+                &r.cors,
+                "CORS comes with edge policies",
+            );
             for (j, what) in r.retry_on.iter().enumerate() {
                 if what != "connect_error" {
                     let msg = if what.parse::<u16>().is_ok() {
@@ -356,9 +419,18 @@ impl Validator {
                 self.err(format!("{p}.timeouts.total"), "must be more than 0");
             }
             self.header_map(&format!("{p}.request_headers.set"), &r.request_headers.set);
-            self.header_names(&format!("{p}.request_headers.remove"), &r.request_headers.remove);
-            self.header_map(&format!("{p}.response_headers.set"), &r.response_headers.set);
-            self.header_names(&format!("{p}.response_headers.remove"), &r.response_headers.remove);
+            self.header_names(
+                &format!("{p}.request_headers.remove"),
+                &r.request_headers.remove,
+            );
+            self.header_map(
+                &format!("{p}.response_headers.set"),
+                &r.response_headers.set,
+            );
+            self.header_names(
+                &format!("{p}.response_headers.remove"),
+                &r.response_headers.remove,
+            );
         }
     }
 
@@ -370,7 +442,10 @@ impl Validator {
         }
         for (i, method) in m.methods.iter().enumerate() {
             if !METHODS.contains(&method.to_ascii_uppercase().as_str()) {
-                self.err(format!("{p}.methods[{i}]"), format!("unknown method {method:?}"));
+                self.err(
+                    format!("{p}.methods[{i}]"),
+                    format!("unknown method {method:?}"),
+                );
             }
         }
         for (i, h) in m.host.iter().enumerate() {
@@ -405,7 +480,11 @@ impl Validator {
         self.cidrs("edge.trusted_proxies", &e.trusted_proxies);
         self.cidrs("edge.allow", &e.allow);
         self.cidrs("edge.deny", &e.deny);
-        self.unsupported("edge.header_timeout", &e.header_timeout, "comes with edge policies");
+        self.unsupported(
+            "edge.header_timeout",
+            &e.header_timeout,
+            "comes with edge policies",
+        );
         if e.access_log.format != "json" {
             self.err("edge.access_log.format", "only json is known");
         }

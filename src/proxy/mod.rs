@@ -6,8 +6,8 @@
 
 pub mod access_log;
 pub mod filters;
-mod respond;
 pub mod redirect;
+mod respond;
 
 use crate::metrics;
 use crate::runtime::pool::Member;
@@ -149,7 +149,12 @@ fn is_idempotent(m: &http::Method) -> bool {
 }
 
 /// The bytes a `consistent_hash` pool hashes for this request.
-fn hash_key<'a>(how: &HashOn, req: &'a RequestHeader, client: &'a Option<IpAddr>, buf: &'a mut [u8; 16]) -> &'a [u8] {
+fn hash_key<'a>(
+    how: &HashOn,
+    req: &'a RequestHeader,
+    client: &'a Option<IpAddr>,
+    buf: &'a mut [u8; 16],
+) -> &'a [u8] {
     match how {
         HashOn::ClientIp => match client {
             Some(IpAddr::V4(v4)) => {
@@ -244,11 +249,15 @@ impl ProxyHttp for Edge {
         ctx.host = host_of(req).to_string();
 
         if !acl::permits(ctx.client_ip, &snap.edge.allow, &snap.edge.deny) {
-            return self.local(session, ctx, 403, text(403, "forbidden"), true).await;
+            return self
+                .local(session, ctx, 403, text(403, "forbidden"), true)
+                .await;
         }
         let req = session.req_header();
         if !session.is_http2() && req.version == http::Version::HTTP_11 && ctx.host.is_empty() {
-            return self.local(session, ctx, 400, text(400, "missing Host header"), false).await;
+            return self
+                .local(session, ctx, 400, text(400, "missing Host header"), false)
+                .await;
         }
         let view = RequestView {
             method: &req.method,
@@ -258,13 +267,22 @@ impl ProxyHttp for Edge {
             headers: &req.headers,
         };
         let Some(route) = snap.router.find(&view).cloned() else {
-            return self.local(session, ctx, 404, text(404, "no route"), true).await;
+            return self
+                .local(session, ctx, 404, text(404, "no route"), true)
+                .await;
         };
         ctx.route = Some(route.clone());
         if !acl::permits(ctx.client_ip, &route.allow, &route.deny) {
-            return self.local(session, ctx, 403, text(403, "forbidden"), true).await;
+            return self
+                .local(session, ctx, 403, text(403, "forbidden"), true)
+                .await;
         }
-        if let Target::Respond { status, body, headers } = &route.target {
+        if let Target::Respond {
+            status,
+            body,
+            headers,
+        } = &route.target
+        {
             let local = Local {
                 status: *status,
                 body: body.clone(),
@@ -279,7 +297,10 @@ impl ProxyHttp for Edge {
         }
 
         let limit = route.config.max_body.0;
-        let cl = session.req_header().headers.get(http::header::CONTENT_LENGTH);
+        let cl = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH);
         match body::declared(cl.map(|v| v.as_bytes()), limit) {
             Declared::Over(_) => return self.refuse_body(session, ctx, limit).await,
             Declared::Within => {}
@@ -312,13 +333,21 @@ impl ProxyHttp for Edge {
         let tried = &ctx.tried;
         let Some(member) = pool.select(key, |a| !tried.contains(a)) else {
             return if ctx.tried.is_empty() {
-                Error::e_explain(HTTPStatus(503), format!("pool {}: no healthy backend", pool.name))
+                Error::e_explain(
+                    HTTPStatus(503),
+                    format!("pool {}: no healthy backend", pool.name),
+                )
             } else {
-                Error::e_explain(HTTPStatus(502), format!("pool {}: every attempt failed", pool.name))
+                Error::e_explain(
+                    HTTPStatus(502),
+                    format!("pool {}: every attempt failed", pool.name),
+                )
             };
         };
         if ctx.tries > 0 {
-            metrics::RETRIES.with_label_values(&[route.name.as_str()]).inc();
+            metrics::RETRIES
+                .with_label_values(&[route.name.as_str()])
+                .inc();
         }
         ctx.tries += 1;
         let read = if ctx.upgrade {
@@ -329,7 +358,10 @@ impl ProxyHttp for Edge {
         .or(route.config.timeouts.read.map(|d| d.get()))
         .unwrap_or(pool.config.timeouts.read.get());
         let read = match ctx.deadline {
-            Some(d) => read.min(d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))),
+            Some(d) => read.min(
+                d.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            ),
             None => read,
         };
         let peer = pool.peer(&member, read);
@@ -485,7 +517,9 @@ impl ProxyHttp for Edge {
         if keepalive {
             session.set_total_drain_timeout(Some(body::DRAIN_TIME));
         }
-        let sent = self.local(session, ctx, code, text(code, reason), keepalive).await;
+        let sent = self
+            .local(session, ctx, code, text(code, reason), keepalive)
+            .await;
         if let Err(err) = sent {
             log::debug!("cannot send the error answer: {err}");
         }
@@ -505,7 +539,11 @@ impl ProxyHttp for Edge {
         let elapsed = ctx.started.elapsed();
         let mut code_buf = itoa::Buffer::new();
         metrics::REQUESTS
-            .with_label_values(&[route.unwrap_or("none"), pool.unwrap_or("none"), code_buf.format(status)])
+            .with_label_values(&[
+                route.unwrap_or("none"),
+                pool.unwrap_or("none"),
+                code_buf.format(status),
+            ])
             .inc();
         if let Some(r) = route {
             metrics::REQUEST_DURATION

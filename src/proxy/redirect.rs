@@ -19,9 +19,17 @@ impl ServeHttp for Redirect {
             .and_then(|h| h.to_str().ok())
             .unwrap_or("localhost");
         let host = super::strip_port(raw_host);
-        let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
         let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let port = if self.port == 443 { String::new() } else { format!(":{}", self.port) };
+        let port = if self.port == 443 {
+            String::new()
+        } else {
+            format!(":{}", self.port)
+        };
         let location = format!("https://{host}{port}{path}");
         http::Response::builder()
             .status(308)

@@ -61,7 +61,10 @@ pub struct ReloadStatus {
 }
 
 mod unix_secs {
-    pub fn serialize<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        t: &std::time::SystemTime,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         let secs = t
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -176,7 +179,9 @@ impl State {
         *status = ReloadStatus {
             source,
             ok: result.is_ok(),
-            error: result.err().map(|e| e.render(&self.path.display().to_string())),
+            error: result
+                .err()
+                .map(|e| e.render(&self.path.display().to_string())),
             at: SystemTime::now(),
             restart_required,
         };
@@ -185,7 +190,16 @@ impl State {
     /// Whether the current file's listeners differ from the ones serving.
     pub fn listeners_changed(&self) -> bool {
         let now = &self.current.load().loaded.config.listeners;
-        let key = |l: &ListenerConfig| (l.name.clone(), l.listen.clone(), l.tls.is_some(), l.redirect_to_https);
-        now.iter().map(key).ne(self.started_listeners.iter().map(key))
+        let key = |l: &ListenerConfig| {
+            (
+                l.name.clone(),
+                l.listen.clone(),
+                l.tls.is_some(),
+                l.redirect_to_https,
+            )
+        };
+        now.iter()
+            .map(key)
+            .ne(self.started_listeners.iter().map(key))
     }
 }

@@ -6,7 +6,7 @@
 //! surviving backend keeps its health state and the balancer its position.
 
 use super::health::{self, HealthTable};
-use crate::config::{Balance, BackendConfig, HealthCheckConfig, PoolConfig, UpstreamTlsSettings};
+use crate::config::{BackendConfig, Balance, HealthCheckConfig, PoolConfig, UpstreamTlsSettings};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::lb::discovery::ServiceDiscovery;
@@ -47,7 +47,10 @@ impl ServiceDiscovery for MemberDiscovery {
     async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
         let mut set = BTreeSet::new();
         for m in self.0.load().iter() {
-            set.insert(Backend::new_with_weight(&m.addr.to_string(), m.meta.weight)?);
+            set.insert(Backend::new_with_weight(
+                &m.addr.to_string(),
+                m.meta.weight,
+            )?);
         }
         Ok((set, HashMap::new()))
     }
@@ -145,7 +148,9 @@ pub enum HashOn {
 impl HashOn {
     pub fn parse(text: &str) -> Result<Self, String> {
         let bad = || {
-            format!("unknown hash_on {text:?}; use client_ip, header:NAME, cookie:NAME or query:NAME")
+            format!(
+                "unknown hash_on {text:?}; use client_ip, header:NAME, cookie:NAME or query:NAME"
+            )
         };
         if text == "client_ip" {
             return Ok(HashOn::ClientIp);
@@ -199,7 +204,10 @@ impl Pool {
             name: name.to_string(),
             config: config.clone(),
             lb,
-            hash_on: config.hash_on.as_deref().and_then(|h| HashOn::parse(h).ok()),
+            hash_on: config
+                .hash_on
+                .as_deref()
+                .and_then(|h| HashOn::parse(h).ok()),
             tls,
         }
     }

@@ -136,7 +136,11 @@ impl Route {
                 .iter()
                 .filter_map(|(n, v)| Some((HeaderName::from_bytes(n.as_bytes()).ok()?, v.clone())))
                 .collect(),
-            query: m.query.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            query: m
+                .query
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             config: config.clone(),
         })
     }
@@ -154,10 +158,7 @@ impl Route {
                     .iter()
                     .any(|v| v.as_bytes().eq_ignore_ascii_case(want.as_bytes()))
             })
-            && self
-                .query
-                .iter()
-                .all(|(k, v)| query_has(req.query, k, v))
+            && self.query.iter().all(|(k, v)| query_has(req.query, k, v))
     }
 
     pub fn pool(&self) -> Option<&Arc<Pool>> {

@@ -83,7 +83,9 @@ impl Supervisor {
         let now = Instant::now();
         for pool in snapshot.pools.values() {
             let lb = pool.lb.clone();
-            let Some(every) = lb.check_every else { continue };
+            let Some(every) = lb.check_every else {
+                continue;
+            };
             {
                 let mut next = lb.next_check.lock().unwrap_or_else(|p| p.into_inner());
                 if *next > now || lb.checking.swap(true, Ordering::AcqRel) {
@@ -116,9 +118,15 @@ impl Supervisor {
             let fresh = resolve(&pool.config.backends).await;
             let current = pool.lb.members();
             let same = fresh.len() == current.len()
-                && fresh.iter().zip(current.iter()).all(|(a, b)| a.addr == b.addr);
+                && fresh
+                    .iter()
+                    .zip(current.iter())
+                    .all(|(a, b)| a.addr == b.addr);
             if !same && !fresh.is_empty() {
-                log::info!("pool {name}: DNS answers changed, {} members now", fresh.len());
+                log::info!(
+                    "pool {name}: DNS answers changed, {} members now",
+                    fresh.len()
+                );
                 pool.lb.set_members(fresh).await;
             }
         }
@@ -134,7 +142,11 @@ fn watch_folder(path: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::Re
     };
     let handler = move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            if ev.paths.iter().any(|p| p.file_name() == Some(file_name.as_os_str())) {
+            if ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(file_name.as_os_str()))
+            {
                 let _ = tx.send(());
             }
         }

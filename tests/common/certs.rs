@@ -27,7 +27,8 @@ impl TestCa {
     /// A leaf for `names`: (certificate PEM, key PEM).
     pub fn issue(&self, names: &[&str]) -> (String, String) {
         let params =
-            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
         (cert.pem(), key.serialize_pem())
@@ -36,7 +37,10 @@ impl TestCa {
     /// Issues a leaf and writes it as `<stem>.crt` / `<stem>.key` in `dir`.
     pub fn write(&self, dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
         let (cert, key) = self.issue(names);
-        let (c, k) = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
+        let (c, k) = (
+            dir.join(format!("{stem}.crt")),
+            dir.join(format!("{stem}.key")),
+        );
         std::fs::write(&c, cert).expect("write cert");
         std::fs::write(&k, key).expect("write key");
         (c, k)

@@ -99,7 +99,8 @@ impl Proxy {
     /// Starts another process on the same config, logging to `<tag>.stdout.log` etc.
     pub fn spawn_process(&self, tag: &str, extra: &[&str]) -> Child {
         let log = |kind: &str| {
-            std::fs::File::create(self.dir.path().join(format!("{tag}{kind}.log"))).expect("log file")
+            std::fs::File::create(self.dir.path().join(format!("{tag}{kind}.log")))
+                .expect("log file")
         };
         Command::new(bin())
             .args(["run", "-c"])
@@ -171,13 +172,18 @@ impl Proxy {
     }
 
     pub async fn try_health(&self) -> Option<serde_json::Value> {
-        let r = reqwest::get(format!("http://127.0.0.1:{}/health", self.admin)).await.ok()?;
+        let r = reqwest::get(format!("http://127.0.0.1:{}/health", self.admin))
+            .await
+            .ok()?;
         r.json().await.ok()
     }
 
     /// The config hash the running process reports.
     pub async fn config_hash(&self) -> String {
-        self.health().await["config_hash"].as_str().unwrap_or_default().to_string()
+        self.health().await["config_hash"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// Takes the process handle (to wait for its exit).
@@ -190,7 +196,10 @@ impl Proxy {
         let text = format!("{}{}", Self::prelude(self.dir.path(), self.admin), body);
         let want = sha256_hex(text.as_bytes());
         self.write_raw(&text);
-        let ok = wait_until(Duration::from_secs(5), || async { self.config_hash().await == want }).await;
+        let ok = wait_until(Duration::from_secs(5), || async {
+            self.config_hash().await == want
+        })
+        .await;
         assert!(ok, "config was not applied:\n{}", self.stderr());
     }
 }

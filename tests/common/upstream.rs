@@ -69,7 +69,11 @@ impl Upstream {
         Self::launch(name, "127.0.0.1:0".parse().expect("addr"), Some(acceptor)).await
     }
 
-    async fn launch(name: &str, at: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+    async fn launch(
+        name: &str,
+        at: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Upstream {
         let listener = TcpListener::bind(at).await.expect("bind upstream");
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared::default());
@@ -124,16 +128,21 @@ async fn serve(
         let shared = shared.clone();
         let tls = tls.clone();
         conns.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(req, name.clone(), shared.clone()));
+            let svc =
+                hyper::service::service_fn(move |req| handle(req, name.clone(), shared.clone()));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             match tls {
                 Some(acceptor) => {
                     if let Ok(s) = acceptor.accept(stream).await {
-                        let _ = builder.serve_connection_with_upgrades(TokioIo::new(s), svc).await;
+                        let _ = builder
+                            .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                            .await;
                     }
                 }
                 None => {
-                    let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
                 }
             }
         });
@@ -160,7 +169,11 @@ fn query_num(query: Option<&str>, key: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-async fn handle(req: Request<Incoming>, name: String, shared: Arc<Shared>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    name: String,
+    shared: Arc<Shared>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     if path == "/health" {
@@ -180,9 +193,17 @@ async fn handle(req: Request<Incoming>, name: String, shared: Arc<Shared>) -> Re
         body_len: body.len(),
     });
     if path == "/delay" {
-        tokio::time::sleep(Duration::from_millis(query_num(query.as_deref(), "ms", 1000))).await;
+        tokio::time::sleep(Duration::from_millis(query_num(
+            query.as_deref(),
+            "ms",
+            1000,
+        )))
+        .await;
     }
-    if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
+    if let Some(code) = path
+        .strip_prefix("/status/")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
         return Ok(full(code, "text/plain", format!("{code} from {name}")));
     }
     if path.starts_with("/stream") {
@@ -217,7 +238,9 @@ async fn handle(req: Request<Incoming>, name: String, shared: Arc<Shared>) -> Re
         "body_len": body.len(),
     });
     let mut resp = full(200, "application/json", echo.to_string());
-    resp.headers_mut().insert("x-upstream", name.parse().expect("name header"));
-    resp.headers_mut().insert("x-remove-me", "1".parse().expect("header"));
+    resp.headers_mut()
+        .insert("x-upstream", name.parse().expect("name header"));
+    resp.headers_mut()
+        .insert("x-remove-me", "1".parse().expect("header"));
     Ok(resp)
 }

@@ -66,12 +66,18 @@ mod tests {
     #[test]
     fn holds_until_the_end() {
         let mut h = Held::new(10);
-        assert_eq!(h.push(Some(Bytes::from_static(b"abc")), false).unwrap(), Some(Bytes::new()));
+        assert_eq!(
+            h.push(Some(Bytes::from_static(b"abc")), false).unwrap(),
+            Some(Bytes::new())
+        );
         assert_eq!(
             h.push(Some(Bytes::from_static(b"def")), true).unwrap(),
             Some(Bytes::from_static(b"abcdef"))
         );
-        assert_eq!(h.push(Some(Bytes::from(vec![0; 11])), false).unwrap_err(), 11);
+        assert_eq!(
+            h.push(Some(Bytes::from(vec![0; 11])), false).unwrap_err(),
+            11
+        );
     }
 
     #[test]

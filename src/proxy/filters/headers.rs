@@ -16,7 +16,11 @@ pub struct Forwarded<'a> {
 
 pub fn forwarded(req: &mut RequestHeader, f: &Forwarded<'_>) -> pingora::Result<()> {
     if let Some(peer) = f.peer_ip {
-        let chain = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let chain = match req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prev) if f.peer_trusted && !prev.is_empty() => format!("{prev}, {peer}"),
             _ => peer.to_string(),
         };
@@ -84,9 +88,9 @@ pub fn strip_prefix(req: &mut RequestHeader, prefix: &str) -> pingora::Result<()
         new.push('?');
         new.push_str(q);
     }
-    let uri = new
-        .parse::<http::Uri>()
-        .map_err(|e| pingora::Error::because(pingora::ErrorType::InternalError, "strip_prefix", e))?;
+    let uri = new.parse::<http::Uri>().map_err(|e| {
+        pingora::Error::because(pingora::ErrorType::InternalError, "strip_prefix", e)
+    })?;
     req.set_uri(uri);
     Ok(())
 }

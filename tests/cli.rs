@@ -174,3 +174,14 @@ fn version_and_help() {
     assert_eq!(code, 0);
     assert!(out.contains("check") && out.contains("hash-key"));
 }
+
+#[test]
+fn every_example_config_is_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/examples");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let (code, out, err) = run_cli(&["check", "-c", path.to_str().unwrap()], None);
+        assert_eq!(code, 0, "{}: {err}", path.display());
+        assert!(out.contains(": ok ("), "{out}");
+    }
+}

@@ -170,11 +170,15 @@ fn query_num(query: Option<&str>, key: &str, default: u64) -> u64 {
 }
 
 async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     name: String,
     shared: Arc<Shared>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
+    if path == "/ws" {
+        shared.hits.fetch_add(1, Ordering::SeqCst);
+        return Ok(websocket_echo(&mut req, name));
+    }
     let query = req.uri().query().map(str::to_string);
     if path == "/health" {
         return Ok(full(200, "text/plain", "ok"));
@@ -243,4 +247,40 @@ async fn handle(
     resp.headers_mut()
         .insert("x-remove-me", "1".parse().expect("header"));
     Ok(resp)
+}
+
+/// Accepts a WebSocket upgrade and echoes every message, prefixed with the server's name.
+fn websocket_echo(req: &mut Request<Incoming>, name: String) -> Response<Body> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return full(400, "text/plain", "not a websocket request");
+    };
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(io) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(io),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            let reply = match msg {
+                Message::Text(t) => Message::text(format!("{name}: {t}")),
+                Message::Close(_) => break,
+                other => other,
+            };
+            if ws.send(reply).await.is_err() {
+                break;
+            }
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+        .body(Full::new(Bytes::new()).boxed())
+        .expect("101 response")
 }

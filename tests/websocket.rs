@@ -1,0 +1,57 @@
+//! WebSockets pass through: the upgrade reaches the backend and frames flow both ways, also
+//! after a silence longer than Pingora's default 60 s read timeout would allow (here scaled
+//! down: the route's `websocket_idle` is what bounds it).
+
+mod common;
+
+use common::{free_port, Proxy, Upstream};
+use futures::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrades_pass_through_and_idle_is_bounded_by_the_route() {
+    let up = Upstream::start("ws").await;
+    let port = free_port();
+    let _p = Proxy::start(&format!(
+        r#"
+listeners:
+  - {{name: http, listen: "127.0.0.1:{port}"}}
+pools:
+  ws: {{health_check: {{kind: none}}, backends: [{{address: "{up}"}}]}}
+routes:
+  - {{name: short, match: {{path_prefix: /ws, headers: {{x-idle: short}}}}, pool: ws, timeouts: {{websocket_idle: 500ms}}}}
+  - {{name: ws, match: {{path_prefix: /ws}}, pool: ws}}
+"#,
+        up = up.addr
+    ))
+    .await;
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+        .await
+        .expect("upgrade through the proxy");
+    assert_eq!(resp.status(), 101);
+    assert!(resp.headers().contains_key("x-request-id"));
+    ws.send(Message::text("hello")).await.unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    assert_eq!(reply.into_text().unwrap().as_str(), "ws: hello");
+    // Silent for longer than the short route allows: the long (default 1 h) route keeps it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    ws.send(Message::text("still there")).await.unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    assert_eq!(reply.into_text().unwrap().as_str(), "ws: still there");
+
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://127.0.0.1:{port}/ws"),
+    )
+    .unwrap();
+    req.headers_mut().insert("x-idle", "short".parse().unwrap());
+    let (mut short, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    short.send(Message::text("a")).await.unwrap();
+    assert!(short.next().await.unwrap().is_ok());
+    // After 500 ms of silence the proxy closes the connection.
+    let end = tokio::time::timeout(Duration::from_secs(5), short.next()).await;
+    match end {
+        Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {}
+        other => panic!("the idle WebSocket was not closed: {other:?}"),
+    }
+}

@@ -3,15 +3,17 @@
 //! `parse` turns text into a [`Config`] or into every problem found, each with its YAML path
 //! and, where the parser kept it, line and column.
 
+pub mod diff;
 mod env;
 mod locate;
+pub mod store;
 mod types;
 pub mod units;
 mod validate;
 
 pub use env::{process_env, substitute};
 pub use types::*;
-pub use validate::parse_cidr;
+pub use validate::{check_host_port, parse_cidr};
 
 use locate::Positions;
 use serde::Serialize;

@@ -10,7 +10,7 @@ pub mod redirect;
 mod respond;
 
 use crate::metrics;
-use crate::runtime::pool::Member;
+use crate::runtime::pool::{InflightGuard, Member};
 use crate::runtime::router::{RequestView, Route, Target};
 use crate::runtime::{HashOn, Snapshot, State};
 use async_trait::async_trait;
@@ -49,6 +49,7 @@ pub struct Ctx {
     tries: u32,
     tried: Vec<SocketAddr>,
     backend: Option<Member>,
+    inflight: Option<InflightGuard>,
     held: Option<Held>,
     response_started: bool,
     upgrade: bool,
@@ -225,6 +226,7 @@ impl ProxyHttp for Edge {
             tries: 0,
             tried: Vec::new(),
             backend: None,
+            inflight: None,
             held: None,
             response_started: false,
             upgrade: false,
@@ -365,6 +367,7 @@ impl ProxyHttp for Edge {
             None => read,
         };
         let peer = pool.peer(&member, read);
+        ctx.inflight = Some(InflightGuard::new(&member.inflight));
         ctx.backend = Some(member);
         Ok(Box::new(peer))
     }

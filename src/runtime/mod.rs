@@ -10,6 +10,8 @@ pub use health::BackendHealth;
 pub use pool::{HashOn, Pool};
 pub use snapshot::Snapshot;
 
+use crate::config::diff::{self, Summary};
+use crate::config::store::{self, History};
 use crate::config::{self, ConfigError, ListenerConfig, Loaded};
 use crate::tls::CertStore;
 use arc_swap::ArcSwap;
@@ -73,6 +75,32 @@ mod unix_secs {
     }
 }
 
+/// Why an edit of the file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("the file changed since it was read (its ETag is now \"{current}\")")]
+    Stale { current: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the new config is invalid")]
+    Invalid(ConfigError),
+    #[error("cannot write the config: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The result of an applied edit.
+#[derive(Debug, Serialize)]
+pub struct Applied {
+    pub old_hash: String,
+    pub hash: String,
+    pub changes: Summary,
+    pub restart_required: bool,
+}
+
 /// Everything the proxy, the admin app and the supervisor share.
 pub struct State {
     pub path: PathBuf,
@@ -129,6 +157,49 @@ impl State {
         }
         self.swap_in(loaded, source).await;
         Ok(true)
+    }
+
+    /// Rewrites the file through `edit` (given the file's current text) and applies it.
+    ///
+    /// Edits are serialized with reloads. `if_match` is the ETag (sha256) the caller last saw;
+    /// the file is read from disk, so a hand edit in between is detected, never overwritten.
+    /// The new text is validated before anything is written; the old one goes to the history.
+    pub async fn replace_file(
+        &self,
+        source: Source,
+        if_match: Option<&str>,
+        edit: impl FnOnce(&str) -> Result<String, WriteError>,
+    ) -> Result<Applied, WriteError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let current = std::fs::read_to_string(&self.path)?;
+        let old_hash = config::hash_bytes(current.as_bytes());
+        if if_match.is_some_and(|tag| tag != old_hash) {
+            return Err(WriteError::Stale { current: old_hash });
+        }
+        let text = edit(&current)?;
+        let loaded =
+            config::parse(&text, &config::process_env, self.base()).map_err(WriteError::Invalid)?;
+        let keep = loaded.config.admin.history.max(1);
+        History::beside(&self.path, keep).save(&current)?;
+        store::write_atomic(&self.path, text.as_bytes())?;
+        let old = self.snapshot();
+        let changes = diff::summarize(&old.loaded.config, &loaded.config);
+        let hash = loaded.hash.clone();
+        self.swap_in(loaded, source).await;
+        Ok(Applied {
+            old_hash,
+            hash,
+            changes,
+            restart_required: self.listeners_changed(),
+        })
+    }
+
+    /// The kept earlier versions of the file.
+    pub fn history(&self) -> History {
+        History::beside(
+            &self.path,
+            self.snapshot().loaded.config.admin.history.max(1),
+        )
     }
 
     /// Builds a snapshot from an already validated config and makes it current.

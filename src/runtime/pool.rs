@@ -15,7 +15,8 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How many candidates a selection may look at before giving up.
@@ -34,6 +35,24 @@ pub struct BackendMeta {
 pub struct Member {
     pub addr: SocketAddr,
     pub meta: Arc<BackendMeta>,
+    /// Requests at this address now; shared by every snapshot that has it.
+    pub inflight: Arc<AtomicUsize>,
+}
+
+/// Holds one unit of a backend's in-flight count until dropped.
+pub struct InflightGuard(Arc<AtomicUsize>);
+
+impl InflightGuard {
+    pub fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(counter.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 type Members = Arc<ArcSwap<Vec<Member>>>;
@@ -118,8 +137,9 @@ pub struct LbHandle {
     pub health: Arc<HealthTable>,
     /// How often the health check runs; `None` when it is off.
     pub check_every: Option<Duration>,
-    pub next_check: std::sync::Mutex<Instant>,
+    pub next_check: Mutex<Instant>,
     pub checking: std::sync::atomic::AtomicBool,
+    inflight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
 }
 
 impl LbHandle {
@@ -127,8 +147,20 @@ impl LbHandle {
         self.members.load_full()
     }
 
+    /// Gives each member the in-flight counter of its address, so counts survive reloads.
+    fn attach_counters(&self, members: &mut [Member]) {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|addr, c| {
+            c.load(Ordering::Relaxed) > 0 || members.iter().any(|m| m.addr == *addr)
+        });
+        for m in members {
+            m.inflight = map.entry(m.addr).or_default().clone();
+        }
+    }
+
     /// Stores a new member list and rebuilds the selector. Health of kept members survives.
-    pub async fn set_members(&self, members: Vec<Member>) {
+    pub async fn set_members(&self, mut members: Vec<Member>) {
+        self.attach_counters(&mut members);
         self.members.store(Arc::new(members));
         if let Err(e) = self.balancer.update().await {
             log::error!("cannot update the balancer: {e}");
@@ -268,13 +300,19 @@ fn host_of(address: &str) -> &str {
 }
 
 async fn new_handle(name: &str, config: &PoolConfig, key: LbKey, members: Vec<Member>) -> LbHandle {
+    let handle = build_handle(name, config, key).await;
+    handle.set_members(members).await;
+    handle
+}
+
+async fn build_handle(name: &str, config: &PoolConfig, key: LbKey) -> LbHandle {
     let table = Arc::new(HealthTable::default());
     let default_host = config
         .backends
         .first()
         .map(|b| host_of(&b.address).to_string())
         .unwrap_or_else(|| "localhost".into());
-    let members: Members = Arc::new(ArcSwap::from_pointee(members));
+    let members: Members = Arc::new(ArcSwap::from_pointee(Vec::new()));
     let mut backends = Backends::new(Box::new(MemberDiscovery(members.clone())));
     let check = health::build(
         name,
@@ -287,18 +325,15 @@ async fn new_handle(name: &str, config: &PoolConfig, key: LbKey, members: Vec<Me
     if let Some(c) = check {
         backends.set_health_check(c);
     }
-    let balancer = Balancer::new(config.balance, backends);
-    if let Err(e) = balancer.update().await {
-        log::error!("pool {name}: cannot build the balancer: {e}");
-    }
     LbHandle {
         key,
-        balancer,
+        balancer: Balancer::new(config.balance, backends),
         members,
         health: table,
         check_every,
-        next_check: std::sync::Mutex::new(Instant::now()),
+        next_check: Mutex::new(Instant::now()),
         checking: Default::default(),
+        inflight: Default::default(),
     }
 }
 
@@ -326,6 +361,7 @@ pub async fn resolve(backends: &[BackendConfig]) -> Vec<Member> {
                 out.push(Member {
                     addr,
                     meta: meta.clone(),
+                    inflight: Default::default(),
                 });
             }
         }

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use upstream::Upstream;
 
+/// The admin key of every test config (unless `ADMIN_KEY` is set for the process).
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef0123";
+
 /// A free loopback port (the kernel picks it; the listener is closed right away).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -48,6 +51,8 @@ where
 pub struct Proxy {
     pub dir: tempfile::TempDir,
     pub admin: u16,
+    /// Extra environment for the process.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -55,7 +60,8 @@ impl Proxy {
     /// The `server:` and `admin:` sections every test config starts with.
     pub fn prelude(dir: &Path, admin: u16) -> String {
         format!(
-            "version: 1\nserver:\n  threads: 2\n  pid_file: {d}/switchyard.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\nadmin:\n  listen: 127.0.0.1:{admin}\n",
+            "version: 1\nserver:\n  threads: 2\n  pid_file: {d}/switchyard.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\nadmin:\n  listen: 127.0.0.1:{admin}\n  api_key: \"${{ADMIN_KEY:-{key}}}\"\n",
+            key = ADMIN_KEY,
             d = dir.display()
         )
     }
@@ -65,6 +71,7 @@ impl Proxy {
         Proxy {
             dir: tempfile::tempdir().expect("a temp dir"),
             admin: free_port(),
+            env: Vec::new(),
             child: None,
         }
     }
@@ -106,6 +113,7 @@ impl Proxy {
             .args(["run", "-c"])
             .arg(self.config_path())
             .args(extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(log("stdout")))
             .stderr(Stdio::from(log("stderr")))
@@ -147,6 +155,13 @@ impl Proxy {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// A request to the admin API with the test key.
+    pub fn admin_req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        client()
+            .request(method, format!("http://127.0.0.1:{}{path}", self.admin))
+            .bearer_auth(ADMIN_KEY)
     }
 
     pub async fn metrics(&self) -> String {

@@ -1,0 +1,55 @@
+//! `GET /status`: what runs, where it came from, and every backend's state.
+
+use crate::runtime::State;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+
+pub fn status(state: &State) -> Value {
+    let snap = state.snapshot();
+    let last = state
+        .last_reload
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_else(|p| p.into_inner().clone());
+    let loaded_at = snap
+        .loaded_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    let pools: serde_json::Map<String, Value> = snap
+        .pools
+        .iter()
+        .map(|(name, pool)| {
+            let backends: Vec<Value> = pool
+                .lb
+                .members()
+                .iter()
+                .map(|m| {
+                    let h = pool.lb.health.get(&m.addr).unwrap_or_default();
+                    let h = serde_json::to_value(&h).unwrap_or(Value::Null);
+                    json!({
+                        "address": m.meta.address,
+                        "resolved": m.addr.to_string(),
+                        "weight": m.meta.weight,
+                        "healthy": pool.is_healthy(m),
+                        "drain": m.meta.drain,
+                        "consecutive_failures": h["consecutive_failures"],
+                        "last_check": h["last_check"],
+                        "last_error": h["last_error"],
+                        "inflight": m.inflight.load(Ordering::Relaxed),
+                    })
+                })
+                .collect();
+            (
+                name.clone(),
+                json!({ "balance": pool.config.balance, "backends": backends }),
+            )
+        })
+        .collect();
+    json!({
+        "config_hash": snap.loaded.hash,
+        "loaded_at": loaded_at,
+        "last_reload": last,
+        "pools": pools,
+    })
+}

@@ -92,7 +92,7 @@ async fn oversized_bodies_get_413_and_never_reach_the_backend() {
     // The connection is still good for the next request.
     let r = client().post(&url).body("small").send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(p.stdout().contains("\"status\":413"));
+    assert!(p.stdout_shows("\"status\":413").await);
 }
 
 #[tokio::test(flavor = "multi_thread")]

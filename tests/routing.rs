@@ -170,7 +170,7 @@ routes:
     assert_ne!(id, "bad id with spaces");
     assert_eq!(v["headers"]["x-request-id"], id.as_str());
     assert!(
-        p.stdout().contains(&format!("\"request_id\":\"{id}\"")),
+        p.stdout_shows(&format!("\"request_id\":\"{id}\"")).await,
         "access log names the id"
     );
 }

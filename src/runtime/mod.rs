@@ -231,7 +231,6 @@ impl State {
     }
 
     fn record(&self, source: Source, result: Result<(), &ConfigError>) {
-        crate::metrics::reload(source.as_str(), result.is_ok());
         let restart_required = match result {
             Ok(()) => self.listeners_changed(),
             Err(_) => false,

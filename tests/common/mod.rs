@@ -153,6 +153,15 @@ impl Proxy {
         std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
     }
 
+    /// Waits (bounded) until the access log on stdout contains `needle`: it is written after
+    /// the answer went out, so a client can see the answer first.
+    pub async fn stdout_shows(&self, needle: &str) -> bool {
+        wait_until(Duration::from_secs(3), || async {
+            self.stdout().contains(needle)
+        })
+        .await
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }

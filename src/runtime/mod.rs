@@ -255,6 +255,8 @@ impl State {
             at: SystemTime::now(),
             restart_required,
         };
+        // Counted last, so whoever sees the count also finds the log line and the status.
+        crate::metrics::reload(source.as_str(), result.is_ok());
     }
 
     /// Whether the current file's listeners differ from the ones serving.

@@ -31,6 +31,17 @@ metric!(RETRIES: IntCounterVec = register_int_counter_vec!(
 metric!(BACKEND_HEALTHY: IntGaugeVec = register_int_gauge_vec!(
     "switchyard_backend_healthy", "1 while the backend passes its health checks.",
     &["pool", "backend"]));
+metric!(BACKEND_EJECTED: IntGaugeVec = register_int_gauge_vec!(
+    "switchyard_backend_ejected", "1 while passive health keeps the backend out.",
+    &["pool", "backend"]));
+metric!(OPENAI_TOKENS: IntCounterVec = register_int_counter_vec!(
+    "switchyard_openai_tokens_total", "Tokens reported in the usage of OpenAI answers.",
+    &["model", "kind"]));
+metric!(OPENAI_TTFT: HistogramVec = register_histogram_vec!(
+    "switchyard_openai_time_to_first_token_seconds",
+    "Time from the request to the first byte of the answer's body, OpenAI routes.",
+    &["model"],
+    vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0]));
 metric!(CONFIG_RELOADS: IntCounterVec = register_int_counter_vec!(
     "switchyard_config_reloads_total", "Config loads, by what started them and how they ended.",
     &["source", "result"]));
@@ -72,6 +83,12 @@ pub fn reload(source: &str, ok: bool) {
             .unwrap_or_default();
         LAST_RELOAD_OK.set(now);
     }
+}
+
+pub fn set_backend_ejected(pool: &str, backend: &str, ejected: bool) {
+    BACKEND_EJECTED
+        .with_label_values(&[pool, backend])
+        .set(ejected as i64);
 }
 
 pub fn set_backend_healthy(pool: &str, backend: &str, healthy: bool) {

@@ -36,7 +36,8 @@ pub fn status(state: &State) -> Value {
                         "consecutive_failures": h["consecutive_failures"],
                         "last_check": h["last_check"],
                         "last_error": h["last_error"],
-                        "inflight": m.inflight.load(Ordering::Relaxed),
+                        "inflight": m.stats.inflight.load(Ordering::Relaxed),
+                        "ejected": m.stats.is_ejected(),
                     })
                 })
                 .collect();

@@ -157,8 +157,9 @@ pub struct PoolConfig {
     pub hash_on: Option<String>,
     #[serde(default)]
     pub health_check: HealthCheckConfig,
+    /// Eject a backend after consecutive 5xx answers or connect failures.
     #[serde(default)]
-    pub passive_health: Unsupported,
+    pub passive_health: Option<PassiveHealth>,
     #[serde(default)]
     pub timeouts: PoolTimeouts,
     #[serde(default)]
@@ -293,12 +294,24 @@ pub struct BackendConfig {
     pub weight: usize,
     #[serde(default)]
     pub drain: bool,
+    /// Models this backend serves (OpenAI routes); empty = any model.
     #[serde(default)]
-    pub models: Unsupported,
+    pub models: Vec<String>,
+    /// Sent to the backend as `Authorization: Bearer` instead of the client's key.
     #[serde(default)]
-    pub api_key: Unsupported,
+    pub api_key: Option<String>,
+    /// At most this many requests at once; a full backend is skipped.
     #[serde(default)]
-    pub max_inflight: Unsupported,
+    pub max_inflight: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealth {
+    #[serde(default = "d::passive_failures")]
+    pub consecutive_failures: u32,
+    #[serde(default = "d::eject_for")]
+    pub eject_for: Dur,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -311,10 +324,11 @@ pub struct RouteConfig {
     pub pool: Option<String>,
     #[serde(default)]
     pub respond: Option<Respond>,
+    /// Model-aware routing, `/v1/models`, OpenAI-shaped errors and token metrics.
     #[serde(default)]
-    pub openai: Unsupported,
+    pub openai: bool,
     #[serde(default)]
-    pub auth: Unsupported,
+    pub auth: Option<AuthConfig>,
     #[serde(default)]
     pub rate_limit: Unsupported,
     #[serde(default = "d::max_body")]
@@ -322,7 +336,7 @@ pub struct RouteConfig {
     #[serde(default = "d::retries")]
     pub retries: u32,
     #[serde(default = "d::retry_on")]
-    pub retry_on: Vec<String>,
+    pub retry_on: Vec<RetryOn>,
     #[serde(default)]
     pub allow: Vec<String>,
     #[serde(default)]
@@ -340,6 +354,39 @@ pub struct RouteConfig {
     /// Per-route override of `edge.security_headers`.
     #[serde(default)]
     pub security_headers: Option<bool>,
+}
+
+/// `connect_error` or a backend status (`502`) worth another backend.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RetryOn {
+    Status(u16),
+    Condition(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// A client key: plain, `${VAR}` or `sha256:<hex>`, optionally named and limited to models.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ApiKey {
+    Plain(String),
+    Scoped(ScopedKey),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedKey {
+    pub key: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub models: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
@@ -521,8 +568,14 @@ mod d {
     pub fn retries() -> u32 {
         2
     }
-    pub fn retry_on() -> Vec<String> {
-        vec!["connect_error".into()]
+    pub fn retry_on() -> Vec<super::RetryOn> {
+        vec![super::RetryOn::Condition("connect_error".into())]
+    }
+    pub fn passive_failures() -> u32 {
+        5
+    }
+    pub fn eject_for() -> Dur {
+        Dur::secs(30)
     }
     pub fn respond_status() -> u16 {
         200

@@ -234,18 +234,23 @@ impl Validator {
                 format!("{p}.hash_on"),
                 "hash_on is used only with balance: consistent_hash",
             ),
-            (Balance::LeastRequests, None) => self.err(
-                format!("{p}.balance"),
-                "least_requests is not supported yet (it comes with the OpenAI gateway)",
-            ),
             _ => {}
         }
         self.health_check(&format!("{p}.health_check"), &pool.health_check);
-        self.unsupported(
-            &format!("{p}.passive_health"),
-            &pool.passive_health,
-            "comes with the OpenAI gateway",
-        );
+        if let Some(ph) = &pool.passive_health {
+            if ph.consecutive_failures == 0 {
+                self.err(
+                    format!("{p}.passive_health.consecutive_failures"),
+                    "must be at least 1",
+                );
+            }
+            if ph.eject_for.get().is_zero() {
+                self.err(
+                    format!("{p}.passive_health.eject_for"),
+                    "must be more than 0",
+                );
+            }
+        }
         for (key, d) in [
             ("connect", pool.timeouts.connect),
             ("read", pool.timeouts.read),
@@ -289,21 +294,19 @@ impl Validator {
                     "must be at least 1 (use drain: true to stop traffic)",
                 );
             }
-            self.unsupported(
-                &format!("{bp}.models"),
-                &b.models,
-                "comes with the OpenAI gateway",
-            );
-            self.unsupported(
-                &format!("{bp}.api_key"),
-                &b.api_key,
-                "comes with the OpenAI gateway",
-            );
-            self.unsupported(
-                &format!("{bp}.max_inflight"),
-                &b.max_inflight,
-                "comes with the OpenAI gateway",
-            );
+            if b.max_inflight == Some(0) {
+                self.err(format!("{bp}.max_inflight"), "must be at least 1");
+            }
+            for (j, m) in b.models.iter().enumerate() {
+                if m.trim().is_empty() {
+                    self.err(format!("{bp}.models[{j}]"), "must not be empty");
+                }
+            }
+            if let Some(k) = &b.api_key {
+                if http::HeaderValue::from_str(&format!("Bearer {k}")).is_err() {
+                    self.err(format!("{bp}.api_key"), "not usable in a header");
+                }
+            }
         }
     }
 
@@ -372,16 +375,9 @@ impl Validator {
                 }
             }
             self.route_match(&format!("{p}.match"), &r.matcher);
-            self.unsupported(
-                &format!("{p}.openai"),
-                &r.openai,
-                "the OpenAI gateway issue builds it",
-            );
-            self.unsupported(
-                &format!("{p}.auth"),
-                &r.auth,
-                "client keys come with the OpenAI gateway",
-            );
+            if let Some(auth) = &r.auth {
+                self.auth(&format!("{p}.auth"), auth);
+            }
             self.unsupported(
                 &format!("{p}.rate_limit"),
                 &r.rate_limit,
@@ -393,13 +389,17 @@ impl Validator {
                 "CORS comes with edge policies",
             );
             for (j, what) in r.retry_on.iter().enumerate() {
-                if what != "connect_error" {
-                    let msg = if what.parse::<u16>().is_ok() {
-                        "retrying on a backend's status is not supported yet; connect_error is"
-                    } else {
-                        "unknown retry condition; connect_error is known"
-                    };
-                    self.err(format!("{p}.retry_on[{j}]"), msg);
+                match what {
+                    RetryOn::Condition(c) if c == "connect_error" => {}
+                    RetryOn::Status(s) if (500..=599).contains(s) => {}
+                    RetryOn::Status(s) => self.err(
+                        format!("{p}.retry_on[{j}]"),
+                        format!("{s}: only 5xx statuses are retried"),
+                    ),
+                    RetryOn::Condition(c) => self.err(
+                        format!("{p}.retry_on[{j}]"),
+                        format!("unknown retry condition {c:?}; use connect_error or a 5xx status"),
+                    ),
                 }
             }
             self.cidrs(&format!("{p}.allow"), &r.allow);
@@ -431,6 +431,34 @@ impl Validator {
                 &format!("{p}.response_headers.remove"),
                 &r.response_headers.remove,
             );
+        }
+    }
+
+    fn auth(&mut self, p: &str, auth: &AuthConfig) {
+        if auth.api_keys.is_empty() {
+            self.err(
+                format!("{p}.api_keys"),
+                "list at least one key (or remove auth)",
+            );
+        }
+        for (i, k) in auth.api_keys.iter().enumerate() {
+            let key = match k {
+                ApiKey::Plain(k) => k,
+                ApiKey::Scoped(s) => &s.key,
+            };
+            if let Some(hex) = key.strip_prefix("sha256:") {
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    self.err(
+                        format!("{p}.api_keys[{i}]"),
+                        "sha256: must be followed by 64 hex digits",
+                    );
+                }
+            } else if key.chars().count() < 16 {
+                self.err(
+                    format!("{p}.api_keys[{i}]"),
+                    "too short: use at least 16 characters (or sha256:<hex> of a key)",
+                );
+            }
         }
     }
 

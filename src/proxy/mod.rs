@@ -6,17 +6,21 @@
 
 pub mod access_log;
 pub mod filters;
+pub mod openai;
 pub mod redirect;
 mod respond;
 
 use crate::metrics;
+use crate::runtime::pool::NoBackend;
 use crate::runtime::pool::{InflightGuard, Member};
 use crate::runtime::router::{RequestView, Route, Target};
 use crate::runtime::{HashOn, Snapshot, State};
 use async_trait::async_trait;
 use bytes::Bytes;
-use filters::body::{self, Declared, Held};
+use filters::auth::{self, ClientKey};
+use filters::body::{self, Declared, Held, PreRead, Replay};
 use filters::{acl, client_ip, headers, request_id};
+use openai::UsageScanner;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use respond::{text, Local};
@@ -51,8 +55,19 @@ pub struct Ctx {
     backend: Option<Member>,
     inflight: Option<InflightGuard>,
     held: Option<Held>,
+    /// A body read before choosing the backend, replayed in full to it.
+    replay: Option<Replay>,
     response_started: bool,
     upgrade: bool,
+    openai: bool,
+    model: Option<String>,
+    key: Option<ClientKey>,
+    /// A backend status that `retry_on` turned into another attempt.
+    retrying_status: Option<u16>,
+    /// Every backend was at `max_inflight`: answer 503 with `Retry-After`.
+    all_full: bool,
+    usage: Option<UsageScanner>,
+    first_byte: bool,
 }
 
 impl Ctx {
@@ -71,6 +86,33 @@ impl Ctx {
 }
 
 impl Edge {
+    /// Time to first token and token usage, read as the answer streams past.
+    fn observe_openai(&self, chunk: Option<&[u8]>, end: bool, ctx: &mut Ctx) {
+        let Some(route) = &ctx.route else { return };
+        let label = route.model_label(ctx.model.as_deref());
+        if let Some(c) = chunk.filter(|c| !c.is_empty()) {
+            if !ctx.first_byte {
+                ctx.first_byte = true;
+                metrics::OPENAI_TTFT
+                    .with_label_values(&[label])
+                    .observe(ctx.started.elapsed().as_secs_f64());
+            }
+            if let Some(u) = ctx.usage.as_mut() {
+                u.feed(c);
+            }
+        }
+        if end {
+            if let Some(usage) = ctx.usage.take().and_then(UsageScanner::finish) {
+                metrics::OPENAI_TOKENS
+                    .with_label_values(&[label, "prompt"])
+                    .inc_by(usage.prompt);
+                metrics::OPENAI_TOKENS
+                    .with_label_values(&[label, "completion"])
+                    .inc_by(usage.completion);
+            }
+        }
+    }
+
     async fn local(
         &self,
         session: &mut Session,
@@ -79,18 +121,119 @@ impl Edge {
         body: Bytes,
         keepalive: bool,
     ) -> Result<bool> {
+        self.local_with(session, ctx, status, body, keepalive, None, &[])
+            .await
+    }
+
+    /// A local answer; on OpenAI routes errors are `{"error":{"message","type","code"}}`.
+    #[allow(clippy::too_many_arguments)]
+    async fn local_with(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        status: u16,
+        body: Bytes,
+        keepalive: bool,
+        code: Option<&str>,
+        extra: &[(http::HeaderName, http::HeaderValue)],
+    ) -> Result<bool> {
+        let (body, content_type) = if ctx.openai && status >= 400 {
+            let message = String::from_utf8_lossy(&body);
+            let message = message
+                .trim()
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim();
+            (
+                openai::error_body(status, message, code),
+                "application/json",
+            )
+        } else {
+            (body, "text/plain; charset=utf-8")
+        };
         Local {
             status,
             body,
-            content_type: "text/plain; charset=utf-8",
+            content_type,
             request_id: &ctx.request_id,
-            extra: &[],
+            extra,
             security: ctx.security(self.listener.tls),
             keepalive,
         }
         .send(session)
         .await?;
         Ok(true)
+    }
+
+    /// Keys, `/v1/models` and the model of the body, for `openai: true` routes.
+    /// `Some(done)` when the request was answered here.
+    async fn openai_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &Route,
+    ) -> Result<Option<bool>> {
+        let method = session.req_header().method.clone();
+        let pool = route.pool().cloned();
+        if method == http::Method::GET && session.req_header().uri.path().ends_with("/models") {
+            let mut models = pool.as_ref().map(|p| p.models()).unwrap_or_default();
+            if let Some(k) = &ctx.key {
+                models.retain(|m| k.allows(m));
+            }
+            let owner = pool
+                .as_ref()
+                .map(|p| p.name.as_str())
+                .unwrap_or("switchyard");
+            let local = Local {
+                status: 200,
+                body: openai::models_list(&models, owner),
+                content_type: "application/json",
+                request_id: &ctx.request_id,
+                extra: &[],
+                security: ctx.security(self.listener.tls),
+                keepalive: true,
+            };
+            local.send(session).await?;
+            return Ok(Some(true));
+        }
+        if method != http::Method::POST {
+            return Ok(None);
+        }
+        let limit = route.config.max_body.0;
+        let body = match body::pre_read(session, limit).await? {
+            PreRead::Body(b) => b,
+            PreRead::TooLarge => return self.refuse_body(session, ctx, limit).await.map(Some),
+            PreRead::NeedsLength => {
+                let msg = text(411, "send Content-Length with request bodies over 64 KiB");
+                return self.local(session, ctx, 411, msg, true).await.map(Some);
+            }
+        };
+        let model = match openai::model_of(&body) {
+            Ok(m) => m,
+            Err(why) => {
+                let msg = Bytes::from(why);
+                return self.local(session, ctx, 400, msg, true).await.map(Some);
+            }
+        };
+        let served = pool.as_ref().is_some_and(|p| {
+            p.config
+                .backends
+                .iter()
+                .any(|b| b.models.is_empty() || b.models.contains(&model))
+        });
+        let allowed = ctx.key.as_ref().is_none_or(|k| k.allows(&model));
+        if !served || !allowed {
+            let msg = Bytes::from(format!(
+                "The model `{model}` does not exist or you do not have access to it."
+            ));
+            let code = Some("model_not_found");
+            return self
+                .local_with(session, ctx, 404, msg, true, code, &[])
+                .await
+                .map(Some);
+        }
+        ctx.model = Some(model);
+        ctx.replay = Some(Replay(body));
+        Ok(None)
     }
 
     /// Answers 413, then reads (and drops) a bounded part of the body so that a client still
@@ -139,6 +282,12 @@ fn strip_port(host: &str) -> &str {
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => host,
     }
+}
+
+/// Whether the request's body can be sent once more: none, pre-read, or still in Pingora's
+/// retry buffer.
+fn body_replayable(session: &Session, ctx: &Ctx) -> bool {
+    ctx.replay.is_some() || (ctx.held.is_none() && !session.as_ref().retry_buffer_truncated())
 }
 
 fn is_idempotent(m: &http::Method) -> bool {
@@ -228,8 +377,16 @@ impl ProxyHttp for Edge {
             backend: None,
             inflight: None,
             held: None,
+            replay: None,
             response_started: false,
             upgrade: false,
+            openai: false,
+            model: None,
+            key: None,
+            retrying_status: None,
+            all_full: false,
+            usage: None,
+            first_byte: false,
         }
     }
 
@@ -298,12 +455,34 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
 
+        ctx.openai = route.config.openai;
+        if let Some(keys) = &route.keys {
+            match auth::check(&session.req_header().headers, keys) {
+                Some(k) => ctx.key = Some(k.clone()),
+                None => {
+                    let www = [(
+                        http::header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static("Bearer"),
+                    )];
+                    let msg = Bytes::from("Incorrect or missing API key.");
+                    return self
+                        .local_with(session, ctx, 401, msg, true, None, &www)
+                        .await;
+                }
+            }
+        }
+        if ctx.openai {
+            if let Some(done) = self.openai_request(session, ctx, &route).await? {
+                return Ok(done);
+            }
+        }
         let limit = route.config.max_body.0;
         let cl = session
             .req_header()
             .headers
             .get(http::header::CONTENT_LENGTH);
         match body::declared(cl.map(|v| v.as_bytes()), limit) {
+            _ if ctx.replay.is_some() => {}
             Declared::Over(_) => return self.refuse_body(session, ctx, limit).await,
             Declared::Within => {}
             Declared::Unknown if !session.is_body_empty() => ctx.held = Some(Held::new(limit)),
@@ -333,19 +512,28 @@ impl ProxyHttp for Edge {
             None => b"",
         };
         let tried = &ctx.tried;
-        let Some(member) = pool.select(key, |a| !tried.contains(a)) else {
-            return if ctx.tried.is_empty() {
-                Error::e_explain(
-                    HTTPStatus(503),
-                    format!("pool {}: no healthy backend", pool.name),
-                )
-            } else {
-                Error::e_explain(
-                    HTTPStatus(502),
-                    format!("pool {}: every attempt failed", pool.name),
-                )
-            };
+        let member = match pool.select(key, ctx.model.as_deref(), |a| !tried.contains(a)) {
+            Ok(m) => m,
+            Err(why) => {
+                if let Some(status) = ctx.retrying_status {
+                    let msg = format!("pool {}: the last backend answered {status}", pool.name);
+                    return Error::e_explain(HTTPStatus(status), msg);
+                }
+                if !ctx.tried.is_empty() {
+                    let msg = format!("pool {}: every attempt failed", pool.name);
+                    return Error::e_explain(HTTPStatus(502), msg);
+                }
+                ctx.all_full = why == NoBackend::AllFull;
+                let msg = match why {
+                    NoBackend::AllFull => {
+                        format!("pool {}: every backend is at max_inflight", pool.name)
+                    }
+                    NoBackend::Unavailable => format!("pool {}: no healthy backend", pool.name),
+                };
+                return Error::e_explain(HTTPStatus(503), msg);
+            }
         };
+        ctx.retrying_status = None;
         if ctx.tries > 0 {
             metrics::RETRIES
                 .with_label_values(&[route.name.as_str()])
@@ -367,7 +555,7 @@ impl ProxyHttp for Edge {
             None => read,
         };
         let peer = pool.peer(&member, read);
-        ctx.inflight = Some(InflightGuard::new(&member.inflight));
+        ctx.inflight = Some(InflightGuard::new(&member.stats));
         ctx.backend = Some(member);
         Ok(Box::new(peer))
     }
@@ -379,10 +567,11 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(m), Some(pool)) = (&ctx.backend, ctx.pool_name()) {
+        if let (Some(m), Some(pool)) = (&ctx.backend, ctx.route.as_ref().and_then(|r| r.pool())) {
             metrics::CONNECT_FAILURES
-                .with_label_values(&[pool, &m.addr.to_string()])
+                .with_label_values(&[pool.name.as_str(), &m.addr.to_string()])
                 .inc();
+            pool.record_outcome(m, true);
             ctx.tried.push(m.addr);
         }
         let retries = ctx.route.as_ref().map(|r| r.config.retries).unwrap_or(0);
@@ -403,11 +592,15 @@ impl ProxyHttp for Edge {
         if let Some(m) = &ctx.backend {
             ctx.tried.push(m.addr);
         }
+        if ctx.retrying_status.is_some() {
+            // `upstream_response_filter` already decided: another backend gets it.
+            e.set_retry(true);
+            return e;
+        }
         let retries = ctx.route.as_ref().map(|r| r.config.retries).unwrap_or(0);
         // The request reached the backend: replay it only if that cannot do harm twice.
-        let replayable = is_idempotent(&session.req_header().method)
-            && !session.as_ref().retry_buffer_truncated()
-            && ctx.held.is_none();
+        let replayable =
+            is_idempotent(&session.req_header().method) && body_replayable(session, ctx);
         e.set_retry(
             replayable
                 && e.esource() == &ErrorSource::Upstream
@@ -444,6 +637,18 @@ impl ProxyHttp for Edge {
             },
         )?;
         req.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        if route.keys.is_some() {
+            // The client's key is for switchyard; it never goes upstream.
+            req.remove_header(&http::header::AUTHORIZATION);
+            req.remove_header("x-api-key");
+        }
+        if let Some(value) = ctx
+            .backend
+            .as_ref()
+            .and_then(|m| m.meta.authorization.clone())
+        {
+            req.insert_header(http::header::AUTHORIZATION, value)?;
+        }
         headers::edit_request(req, &route.request_headers)?;
         let _ = session;
         Ok(())
@@ -456,6 +661,10 @@ impl ProxyHttp for Edge {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(replay) = &ctx.replay {
+            replay.apply(body, end_of_stream);
+            return Ok(());
+        }
         if let Some(held) = ctx.held.as_mut() {
             match held.push(body.take(), end_of_stream) {
                 Ok(out) => *body = out,
@@ -466,6 +675,46 @@ impl ProxyHttp for Edge {
                     )
                 }
             }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        let (Some(route), Some(member)) = (ctx.route.clone(), ctx.backend.clone()) else {
+            return Ok(());
+        };
+        let Some(pool) = route.pool() else {
+            return Ok(());
+        };
+        pool.record_outcome(&member, status >= 500);
+        // retry_on: another backend, if the request can be sent again and one is left.
+        let wants_retry = route.retry_statuses.contains(&status)
+            && ctx.tries <= route.config.retries
+            && body_replayable(session, ctx);
+        if wants_retry {
+            let mut tried = ctx.tried.clone();
+            tried.push(member.addr);
+            let model = ctx.model.as_deref();
+            if pool.select(b"", model, |a| !tried.contains(a)).is_ok() {
+                ctx.retrying_status = Some(status);
+                metrics::RETRIES
+                    .with_label_values(&[route.name.as_str()])
+                    .inc();
+                return Error::e_explain(HTTPStatus(status), "retry_on: trying another backend");
+            }
+        }
+        if ctx.openai {
+            let ct = resp
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            ctx.usage = UsageScanner::for_content_type(ct);
         }
         Ok(())
     }
@@ -490,12 +739,15 @@ impl ProxyHttp for Edge {
     fn response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         if ctx.deadline.is_some_and(|d| Instant::now() > d) {
             return Error::e_explain(HTTPStatus(504), "route timeouts.total passed");
+        }
+        if ctx.openai {
+            self.observe_openai(body.as_deref(), end_of_stream, ctx);
         }
         Ok(None)
     }
@@ -510,9 +762,11 @@ impl ProxyHttp for Edge {
         }
         let reason = match code {
             413 => "request body too large",
+            503 if ctx.all_full => "every backend is busy, retry later",
             503 => "no healthy backend",
             504 => "upstream timed out",
             502 => "bad gateway",
+            _ if ctx.retrying_status == Some(code) => "every backend answered an error",
             _ => "error",
         };
         // After a 413 the rest of the body is drained (bounded) so the client can read it.
@@ -520,8 +774,21 @@ impl ProxyHttp for Edge {
         if keepalive {
             session.set_total_drain_timeout(Some(body::DRAIN_TIME));
         }
+        let retry_after = [(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        )];
+        let extra: &[_] = if ctx.all_full { &retry_after } else { &[] };
         let sent = self
-            .local(session, ctx, code, text(code, reason), keepalive)
+            .local_with(
+                session,
+                ctx,
+                code,
+                text(code, reason),
+                keepalive,
+                None,
+                extra,
+            )
             .await;
         if let Err(err) = sent {
             log::debug!("cannot send the error answer: {err}");

@@ -15,7 +15,7 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,30 +29,82 @@ pub struct BackendMeta {
     pub address: String,
     pub weight: usize,
     pub drain: bool,
+    /// Models served; empty = any.
+    pub models: Vec<String>,
+    /// `Authorization` value for the backend, from its `api_key`.
+    pub authorization: Option<http::HeaderValue>,
+    pub max_inflight: Option<usize>,
+}
+
+impl BackendMeta {
+    pub fn serves(&self, model: Option<&str>) -> bool {
+        match model {
+            Some(m) => self.models.is_empty() || self.models.iter().any(|x| x == m),
+            None => true,
+        }
+    }
+}
+
+/// Live counters of one backend address, shared by every snapshot that has it.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    pub inflight: AtomicUsize,
+    /// Consecutive 5xx answers or connect failures (passive health).
+    pub failures: AtomicU32,
+    /// Until when (ms since the process's start) passive health keeps it out; 0 = not ejected.
+    ejected_until: AtomicU64,
+}
+
+impl BackendStats {
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
+    }
+}
+
+fn now_ms() -> u64 {
+    static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64 + 1
 }
 
 #[derive(Debug, Clone)]
 pub struct Member {
     pub addr: SocketAddr,
     pub meta: Arc<BackendMeta>,
-    /// Requests at this address now; shared by every snapshot that has it.
-    pub inflight: Arc<AtomicUsize>,
+    pub stats: Arc<BackendStats>,
+}
+
+impl Member {
+    fn has_room(&self) -> bool {
+        self.meta
+            .max_inflight
+            .is_none_or(|max| self.stats.inflight.load(Ordering::Relaxed) < max)
+    }
 }
 
 /// Holds one unit of a backend's in-flight count until dropped.
-pub struct InflightGuard(Arc<AtomicUsize>);
+pub struct InflightGuard(Arc<BackendStats>);
 
 impl InflightGuard {
-    pub fn new(counter: &Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        InflightGuard(counter.clone())
+    pub fn new(stats: &Arc<BackendStats>) -> Self {
+        stats.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(stats.clone())
     }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Why no backend was picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoBackend {
+    /// None healthy (or all tried, drained, ejected, or not serving the model).
+    Unavailable,
+    /// Some would do, but every one is at its `max_inflight`.
+    AllFull,
 }
 
 type Members = Arc<ArcSwap<Vec<Member>>>;
@@ -139,7 +191,7 @@ pub struct LbHandle {
     pub check_every: Option<Duration>,
     pub next_check: Mutex<Instant>,
     pub checking: std::sync::atomic::AtomicBool,
-    inflight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+    stats: Mutex<HashMap<SocketAddr, Arc<BackendStats>>>,
 }
 
 impl LbHandle {
@@ -147,14 +199,14 @@ impl LbHandle {
         self.members.load_full()
     }
 
-    /// Gives each member the in-flight counter of its address, so counts survive reloads.
+    /// Gives each member the counters of its address, so they survive reloads.
     fn attach_counters(&self, members: &mut [Member]) {
-        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|addr, c| {
-            c.load(Ordering::Relaxed) > 0 || members.iter().any(|m| m.addr == *addr)
+            c.inflight.load(Ordering::Relaxed) > 0 || members.iter().any(|m| m.addr == *addr)
         });
         for m in members {
-            m.inflight = map.entry(m.addr).or_default().clone();
+            m.stats = map.entry(m.addr).or_default().clone();
         }
     }
 
@@ -244,18 +296,104 @@ impl Pool {
         }
     }
 
-    /// Picks a backend for `key` that `accept`s it; unhealthy and draining ones never qualify.
-    pub fn select(&self, key: &[u8], accept: impl Fn(&SocketAddr) -> bool) -> Option<Member> {
+    /// Picks a backend for `key` among those that `accept` it and serve `model`. Unhealthy,
+    /// draining, ejected and full backends never qualify.
+    pub fn select(
+        &self,
+        key: &[u8],
+        model: Option<&str>,
+        accept: impl Fn(&SocketAddr) -> bool,
+    ) -> Result<Member, NoBackend> {
         let members = self.lb.members.load();
-        let find = |addr: &SocketAddr| members.iter().find(|m| m.addr == *addr);
-        let chosen = self.lb.balancer.select_with(key, |b, healthy| {
-            healthy
-                && b.addr
-                    .as_inet()
-                    .and_then(find)
-                    .is_some_and(|m| !m.meta.drain && accept(&m.addr))
-        })?;
-        chosen.addr.as_inet().and_then(find).cloned()
+        let usable = |m: &Member| {
+            !m.meta.drain && !m.stats.is_ejected() && m.meta.serves(model) && accept(&m.addr)
+        };
+        let chosen = if self.config.balance == Balance::LeastRequests {
+            self.least_requests(&members, |m| usable(m) && m.has_room())
+        } else {
+            let find = |addr: &SocketAddr| members.iter().find(|m| m.addr == *addr);
+            self.lb
+                .balancer
+                .select_with(key, |b, healthy| {
+                    healthy
+                        && b.addr
+                            .as_inet()
+                            .and_then(find)
+                            .is_some_and(|m| usable(m) && m.has_room())
+                })
+                .and_then(|b| b.addr.as_inet().and_then(find).cloned())
+        };
+        chosen.ok_or_else(|| {
+            if members.iter().any(|m| usable(m) && self.is_healthy(m)) {
+                NoBackend::AllFull
+            } else {
+                NoBackend::Unavailable
+            }
+        })
+    }
+
+    /// Power of two choices: of two random healthy candidates, the one with fewer requests
+    /// in flight per unit of weight.
+    fn least_requests(&self, members: &[Member], ok: impl Fn(&Member) -> bool) -> Option<Member> {
+        let candidates: Vec<&Member> = members
+            .iter()
+            .filter(|m| ok(m) && self.is_healthy(m))
+            .collect();
+        let load =
+            |m: &Member| m.stats.inflight.load(Ordering::Relaxed) as f64 / m.meta.weight as f64;
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0].clone()),
+            n => {
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                let pick = if load(candidates[b]) < load(candidates[a]) {
+                    b
+                } else {
+                    a
+                };
+                Some(candidates[pick].clone())
+            }
+        }
+    }
+
+    /// Passive health: counts an answer (or a connect failure) from `member`.
+    pub fn record_outcome(&self, member: &Member, failed: bool) {
+        let Some(ph) = &self.config.passive_health else {
+            return;
+        };
+        let stats = &member.stats;
+        if !failed {
+            stats.failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let n = stats.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= ph.consecutive_failures && !stats.is_ejected() {
+            let until = now_ms() + ph.eject_for.get().as_millis() as u64;
+            stats.ejected_until.store(until, Ordering::Relaxed);
+            stats.failures.store(0, Ordering::Relaxed);
+            crate::metrics::set_backend_ejected(&self.name, &member.addr.to_string(), true);
+            log::warn!(
+                "pool {}: backend {} ejected for {:?} after {n} failures in a row",
+                self.name,
+                member.addr,
+                ph.eject_for.get()
+            );
+        }
+    }
+
+    /// The models this pool's usable backends serve (configured names only).
+    pub fn models(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .lb
+            .members()
+            .iter()
+            .filter(|m| !m.meta.drain && self.is_healthy(m) && !m.stats.is_ejected())
+            .flat_map(|m| m.meta.models.iter().cloned())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     pub fn is_healthy(&self, m: &Member) -> bool {
@@ -333,7 +471,7 @@ async fn build_handle(name: &str, config: &PoolConfig, key: LbKey) -> LbHandle {
         check_every,
         next_check: Mutex::new(Instant::now()),
         checking: Default::default(),
-        inflight: Default::default(),
+        stats: Default::default(),
     }
 }
 
@@ -345,6 +483,12 @@ pub async fn resolve(backends: &[BackendConfig]) -> Vec<Member> {
             address: b.address.clone(),
             weight: b.weight.max(1),
             drain: b.drain,
+            models: b.models.clone(),
+            authorization: b
+                .api_key
+                .as_ref()
+                .and_then(|k| http::HeaderValue::from_str(&format!("Bearer {k}")).ok()),
+            max_inflight: b.max_inflight,
         });
         let addrs: Vec<SocketAddr> = match b.address.parse::<SocketAddr>() {
             Ok(a) => vec![a],
@@ -361,7 +505,7 @@ pub async fn resolve(backends: &[BackendConfig]) -> Vec<Member> {
                 out.push(Member {
                     addr,
                     meta: meta.clone(),
-                    inflight: Default::default(),
+                    stats: Default::default(),
                 });
             }
         }

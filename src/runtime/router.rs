@@ -1,10 +1,12 @@
 //! Routes compiled for matching: first match wins, and matching allocates nothing.
 
 use super::pool::Pool;
-use crate::config::{parse_cidr, HeaderOps, RouteConfig};
+use crate::config::{parse_cidr, HeaderOps, RetryOn, RouteConfig};
+use crate::proxy::filters::auth::ClientKey;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// The parts of a request that routes match on.
@@ -85,6 +87,12 @@ impl HostPattern {
 pub struct Route {
     pub name: String,
     pub config: RouteConfig,
+    /// Client keys; `None` when the route has no `auth`.
+    pub keys: Option<Vec<ClientKey>>,
+    /// Backend statuses that send a replayable request to another backend.
+    pub retry_statuses: Vec<u16>,
+    /// Every model the route's pool names in its config (bounded metric labels).
+    pub models: HashSet<String>,
     pub target: Target,
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
@@ -110,8 +118,30 @@ impl Route {
         };
         let m = &config.matcher;
         let cidrs = |l: &[String]| l.iter().filter_map(|c| parse_cidr(c).ok()).collect();
+        let models = match &target {
+            Target::Pool(p) => p
+                .config
+                .backends
+                .iter()
+                .flat_map(|b| b.models.iter().cloned())
+                .collect(),
+            Target::Respond { .. } => HashSet::new(),
+        };
         Some(Route {
             name: config.name.clone(),
+            keys: config
+                .auth
+                .as_ref()
+                .map(|a| a.api_keys.iter().filter_map(ClientKey::compile).collect()),
+            retry_statuses: config
+                .retry_on
+                .iter()
+                .filter_map(|r| match r {
+                    RetryOn::Status(s) => Some(*s),
+                    RetryOn::Condition(_) => None,
+                })
+                .collect(),
+            models,
             target,
             allow: cidrs(&config.allow),
             deny: cidrs(&config.deny),
@@ -159,6 +189,14 @@ impl Route {
                     .any(|v| v.as_bytes().eq_ignore_ascii_case(want.as_bytes()))
             })
             && self.query.iter().all(|(k, v)| query_has(req.query, k, v))
+    }
+
+    /// The metric label for a model: its name when configured, else `other`.
+    pub fn model_label<'a>(&self, model: Option<&'a str>) -> &'a str {
+        match model {
+            Some(m) if self.models.contains(m) => m,
+            _ => "other",
+        }
     }
 
     pub fn pool(&self) -> Option<&Arc<Pool>> {

@@ -59,6 +59,75 @@ impl Held {
     }
 }
 
+/// Pingora replays at most this much of a request body to a backend (its retry buffer).
+pub const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// A body read before the backend is chosen.
+pub enum PreRead {
+    Body(Bytes),
+    TooLarge,
+    /// Larger than Pingora can replay and without a `Content-Length` to plan for it.
+    NeedsLength,
+}
+
+/// Reads the whole request body (at most `limit` bytes) so that the route can look into it.
+///
+/// Pingora forwards a pre-read body only from its retry buffer, which keeps at most 64 KiB.
+/// So the buffer is armed only for the last 64 KiB of a body whose length is declared: the
+/// proxy replays that tail once, and `request_body_filter` swaps in the whole body (see
+/// [`Replay`]). A body without a length is buffered from its start, so it must fit.
+pub async fn pre_read(
+    session: &mut pingora::proxy::Session,
+    limit: u64,
+) -> pingora::Result<PreRead> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Ok(PreRead::TooLarge);
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    let mut armed = false;
+    loop {
+        if !armed {
+            let left = declared.map(|n| n.saturating_sub(session.body_bytes_read() as u64));
+            if left.is_none_or(|l| l <= REPLAY_LIMIT) {
+                session.enable_retry_buffering();
+                armed = true;
+            }
+        }
+        match session.read_request_body().await? {
+            Some(chunk) => {
+                buf.extend_from_slice(&chunk);
+                if buf.len() as u64 > limit {
+                    return Ok(PreRead::TooLarge);
+                }
+            }
+            None => break,
+        }
+    }
+    if declared.is_none() && buf.len() as u64 > REPLAY_LIMIT {
+        return Ok(PreRead::NeedsLength);
+    }
+    Ok(PreRead::Body(buf.freeze()))
+}
+
+/// A pre-read body, put back in place of the replayed tail.
+pub struct Replay(pub Bytes);
+
+impl Replay {
+    pub fn apply(&self, body: &mut Option<Bytes>, end_of_stream: bool) {
+        if end_of_stream {
+            *body = Some(self.0.clone());
+        } else if body.is_some() {
+            // Nothing but the replayed tail comes this way; hold it back.
+            *body = Some(Bytes::new());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,211 @@
+//! The OpenAI-compatible side of a route (`openai: true`): reading the request's model,
+//! answering `/v1/models`, OpenAI-shaped errors, and token usage read from answers as they
+//! stream past.
+
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// The fields of a request body the gateway looks at.
+#[derive(Deserialize)]
+struct RequestFields {
+    model: Option<String>,
+}
+
+/// The `model` of a JSON request body, or why there is none (for a 400).
+pub fn model_of(body: &[u8]) -> Result<String, &'static str> {
+    let fields: RequestFields =
+        serde_json::from_slice(body).map_err(|_| "the request body is not a JSON object")?;
+    match fields.model {
+        Some(m) if !m.trim().is_empty() => Ok(m),
+        _ => Err("the request body has no \"model\""),
+    }
+}
+
+/// The `/v1/models` list.
+pub fn models_list(models: &[String], owner: &str) -> Bytes {
+    let data: Vec<Value> = models
+        .iter()
+        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": owner}))
+        .collect();
+    Bytes::from(json!({"object": "list", "data": data}).to_string())
+}
+
+/// `{"error":{"message","type","code"}}` for an answer the proxy gives itself.
+pub fn error_body(status: u16, message: &str, code: Option<&str>) -> Bytes {
+    let (kind, default_code) = match status {
+        400 | 404 | 405 | 411 | 413 => ("invalid_request_error", None),
+        401 => ("invalid_request_error", Some("invalid_api_key")),
+        403 => ("permission_error", Some("forbidden")),
+        429 => ("rate_limit_error", Some("rate_limit_exceeded")),
+        504 => ("server_error", Some("timeout")),
+        _ => ("server_error", None),
+    };
+    Bytes::from(
+        json!({"error": {"message": message, "type": kind, "code": code.or(default_code)}})
+            .to_string(),
+    )
+}
+
+/// Token counts of one answer.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Usage {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+fn usage_of(v: &Value) -> Option<Usage> {
+    let u = v.get("usage")?;
+    Some(Usage {
+        prompt: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
+        completion: u
+            .get("completion_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    })
+}
+
+/// Reads `usage` out of an answer without holding the answer back: SSE is scanned line by
+/// line (only a partial line is kept), a JSON answer is copied up to a bound and parsed at
+/// its end.
+pub enum UsageScanner {
+    Sse {
+        partial: BytesMut,
+        found: Option<Usage>,
+    },
+    Json {
+        copy: BytesMut,
+        too_big: bool,
+    },
+}
+
+/// The largest JSON answer copied to read its usage.
+const JSON_COPY_LIMIT: usize = 4 << 20;
+/// The longest SSE line kept while waiting for its end.
+const SSE_LINE_LIMIT: usize = 1 << 20;
+
+impl UsageScanner {
+    pub fn for_content_type(content_type: Option<&str>) -> Option<UsageScanner> {
+        let ct = content_type.unwrap_or("").to_ascii_lowercase();
+        if ct.starts_with("text/event-stream") {
+            Some(UsageScanner::Sse {
+                partial: BytesMut::new(),
+                found: None,
+            })
+        } else if ct.starts_with("application/json") {
+            Some(UsageScanner::Json {
+                copy: BytesMut::new(),
+                too_big: false,
+            })
+        } else {
+            None
+        }
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        match self {
+            UsageScanner::Sse { partial, found } => {
+                partial.extend_from_slice(chunk);
+                while let Some(end) = partial.iter().position(|b| *b == b'\n') {
+                    let line = partial.split_to(end + 1);
+                    if let Some(u) = sse_usage(&line) {
+                        *found = Some(u);
+                    }
+                }
+                if partial.len() > SSE_LINE_LIMIT {
+                    partial.clear();
+                }
+            }
+            UsageScanner::Json { copy, too_big } => {
+                if !*too_big {
+                    if copy.len() + chunk.len() > JSON_COPY_LIMIT {
+                        *too_big = true;
+                        copy.clear();
+                    } else {
+                        copy.extend_from_slice(chunk);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn finish(self) -> Option<Usage> {
+        match self {
+            UsageScanner::Sse { partial, found } => sse_usage(&partial).or(found),
+            UsageScanner::Json { copy, too_big } => {
+                if too_big {
+                    return None;
+                }
+                serde_json::from_slice::<Value>(&copy)
+                    .ok()
+                    .as_ref()
+                    .and_then(usage_of)
+            }
+        }
+    }
+}
+
+fn sse_usage(line: &[u8]) -> Option<Usage> {
+    let line = std::str::from_utf8(line).ok()?.trim();
+    let data = line.strip_prefix("data:")?.trim();
+    if !data.contains("\"usage\"") {
+        return None;
+    }
+    let v: Value = serde_json::from_str(data).ok()?;
+    usage_of(&v).filter(|_| !v["usage"].is_null())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_model() {
+        assert_eq!(model_of(br#"{"model":"m1","messages":[]}"#).unwrap(), "m1");
+        assert!(model_of(b"not json").is_err());
+        assert!(model_of(br#"{"messages":[]}"#).is_err());
+        assert!(model_of(br#"[1,2]"#).is_err());
+    }
+
+    #[test]
+    fn finds_usage_in_sse_split_anywhere() {
+        let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
+        for cut in [1, 5, 40, 90, stream.len() - 3] {
+            let mut s = UsageScanner::for_content_type(Some("text/event-stream")).unwrap();
+            s.feed(&stream[..cut]);
+            s.feed(&stream[cut..]);
+            assert_eq!(
+                s.finish(),
+                Some(Usage {
+                    prompt: 7,
+                    completion: 3
+                }),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn finds_usage_in_json() {
+        let mut s = UsageScanner::for_content_type(Some("application/json")).unwrap();
+        s.feed(br#"{"usage":{"prompt_tokens":2,"#);
+        s.feed(br#""completion_tokens":5}}"#);
+        assert_eq!(
+            s.finish(),
+            Some(Usage {
+                prompt: 2,
+                completion: 5
+            })
+        );
+    }
+
+    #[test]
+    fn error_shape() {
+        let v: Value =
+            serde_json::from_slice(&error_body(404, "no such model", Some("model_not_found")))
+                .unwrap();
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["message"], "no such model");
+    }
+}

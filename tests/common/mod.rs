@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod mock_openai;
 pub mod upstream;
 
 use std::io::Write;

@@ -166,20 +166,28 @@ async fn bodies_of_every_size_reach_the_right_backend_intact() {
     }
     assert_eq!(llama.calls().len() + qwen.calls().len(), sent);
 
-    // Without a length: small bodies are replayed whole; larger ones need Content-Length.
-    for (size, want) in [(1 << 10, 200), (60 << 10, 200), (100 << 10, 411)] {
+    // Without a length (chunked): every size over HTTP/1.1; over HTTP/2 up to 64 KiB.
+    let cases = [
+        ("h1", client(), 1 << 10, 200),
+        ("h1", client(), 100 << 10, 200),
+        ("h1", client(), 900 << 10, 200),
+        ("h2", h2.clone(), 60 << 10, 200),
+        ("h2", h2.clone(), 100 << 10, 411),
+    ];
+    for (proto, c, size, want) in cases {
         let body = chat("llama", size);
         let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = body
             .chunks(8192)
             .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
             .collect();
-        let r = g
-            .post("/v1/chat/completions")
+        let r = c
+            .post(g.url("/v1/chat/completions"))
+            .bearer_auth(KEY)
             .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), want, "chunked {size}");
+        assert_eq!(r.status(), want, "{proto} chunked {size}");
         if want == 200 {
             assert_eq!(llama.calls().last().unwrap().body_sha256, sha(&body));
         } else {

@@ -202,18 +202,51 @@ impl Edge {
         let body = match body::pre_read(session, limit).await? {
             PreRead::Body(b) => b,
             PreRead::TooLarge => return self.refuse_body(session, ctx, limit).await.map(Some),
-            PreRead::NeedsLength => {
-                let msg = text(411, "send Content-Length with request bodies over 64 KiB");
+            PreRead::Unreplayable(b) if !session.is_http2() => {
+                let model = openai::model_of(&b).ok();
+                body::refeed_h1(session, b).await?;
+                let keepalive = ctx
+                    .snapshot
+                    .as_ref()
+                    .map(|s| s.edge.keepalive_timeout.as_secs());
+                session.set_keepalive(keepalive.map(|k| k.max(1)));
+                return match model {
+                    Some(m) => self.choose_model(session, ctx, route, m, None).await,
+                    None => self.openai_bad_body(session, ctx).await,
+                };
+            }
+            PreRead::Unreplayable(_) => {
+                let msg = text(
+                    411,
+                    "send Content-Length with HTTP/2 request bodies over 64 KiB",
+                );
                 return self.local(session, ctx, 411, msg, true).await.map(Some);
             }
         };
-        let model = match openai::model_of(&body) {
-            Ok(m) => m,
-            Err(why) => {
-                let msg = Bytes::from(why);
-                return self.local(session, ctx, 400, msg, true).await.map(Some);
+        match openai::model_of(&body) {
+            Ok(m) => {
+                self.choose_model(session, ctx, route, m, Some(Replay(body)))
+                    .await
             }
-        };
+            Err(_) => self.openai_bad_body(session, ctx).await,
+        }
+    }
+
+    async fn openai_bad_body(&self, session: &mut Session, ctx: &Ctx) -> Result<Option<bool>> {
+        let msg = Bytes::from("the request body must be a JSON object with a \"model\"");
+        self.local(session, ctx, 400, msg, true).await.map(Some)
+    }
+
+    /// Accepts `model` for the request if the pool serves it and the key may use it.
+    async fn choose_model(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &Route,
+        model: String,
+        replay: Option<Replay>,
+    ) -> Result<Option<bool>> {
+        let pool = route.pool();
         let served = pool.as_ref().is_some_and(|p| {
             p.config
                 .backends
@@ -232,7 +265,7 @@ impl Edge {
                 .map(Some);
         }
         ctx.model = Some(model);
-        ctx.replay = Some(Replay(body));
+        ctx.replay = replay;
         Ok(None)
     }
 

@@ -66,8 +66,8 @@ pub const REPLAY_LIMIT: u64 = 64 * 1024;
 pub enum PreRead {
     Body(Bytes),
     TooLarge,
-    /// Larger than Pingora can replay and without a `Content-Length` to plan for it.
-    NeedsLength,
+    /// Larger than Pingora can replay, and without a `Content-Length` to plan for it.
+    Unreplayable(Bytes),
 }
 
 /// Reads the whole request body (at most `limit` bytes) so that the route can look into it.
@@ -109,9 +109,60 @@ pub async fn pre_read(
         }
     }
     if declared.is_none() && buf.len() as u64 > REPLAY_LIMIT {
-        return Ok(PreRead::NeedsLength);
+        return Ok(PreRead::Unreplayable(buf.freeze()));
     }
     Ok(PreRead::Body(buf.freeze()))
+}
+
+/// Puts a pre-read HTTP/1 request back on its connection, re-framed with a `Content-Length`,
+/// as if the client had sent it that way: Pingora then reads head and body again from that
+/// prefix and proxies them the normal way (filters, failover on connect, streaming).
+pub async fn refeed_h1(session: &mut pingora::proxy::Session, body: Bytes) -> pingora::Result<()> {
+    use bytes::BufMut;
+    use pingora::protocols::http::ServerSession;
+    use pingora::{Error, ErrorType::InternalError};
+
+    let mut req = session.req_header().clone();
+    req.remove_header(&http::header::TRANSFER_ENCODING);
+    req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    let mut wire = BytesMut::with_capacity(body.len() + 1024);
+    wire.put_slice(req.method.as_str().as_bytes());
+    wire.put_u8(b' ');
+    wire.put_slice(req.raw_path());
+    wire.put_slice(if req.version == http::Version::HTTP_10 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
+    req.header_to_h1_wire(&mut wire);
+    wire.put_slice(b"\r\n");
+    wire.put_slice(&body);
+
+    // Make the old session hand its socket back instead of closing it.
+    let old = session.as_downstream_mut();
+    old.req_header_mut()
+        .remove_header(&http::header::CONNECTION);
+    old.set_keepalive(Some(0));
+    old.set_keepalive_reuses_remaining(None);
+    old.set_pipelining_enabled(true);
+    let placeholder = ServerSession::new_http1(Box::new(std::io::Cursor::new(Vec::<u8>::new())));
+    let old = std::mem::replace(session.as_downstream_mut(), placeholder);
+    let reusable = old
+        .finish()
+        .await?
+        .ok_or_else(|| Error::explain(InternalError, "the connection cannot be reused"))?;
+    let (stream, rest) = reusable.into_parts();
+    if let Some(rest) = rest {
+        // Bytes of a request the client pipelined after this one.
+        wire.put_slice(&rest);
+    }
+    let mut fresh = ServerSession::new_http1(stream);
+    fresh.set_pipelined_prefix(wire);
+    if !fresh.read_request().await? {
+        return Error::e_explain(InternalError, "the re-framed request did not parse");
+    }
+    *session.as_downstream_mut() = fresh;
+    Ok(())
 }
 
 /// A pre-read body, put back in place of the replayed tail.

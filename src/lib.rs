@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod serve;
+pub mod tcp;
 pub mod tls;

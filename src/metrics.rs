@@ -28,6 +28,14 @@ metric!(CONNECT_FAILURES: IntCounterVec = register_int_counter_vec!(
     &["pool", "backend"]));
 metric!(RETRIES: IntCounterVec = register_int_counter_vec!(
     "switchyard_retries_total", "Requests sent again to another backend.", &["route"]));
+metric!(RATE_LIMITED: IntCounterVec = register_int_counter_vec!(
+    "switchyard_rate_limited_total", "Requests refused with 429 by a route's rate limit.",
+    &["route"]));
+metric!(TCP_CONNECTIONS: IntCounterVec = register_int_counter_vec!(
+    "switchyard_tcp_connections_total", "Connections tunnelled by TCP listeners.", &["listener"]));
+metric!(TCP_BYTES: IntCounterVec = register_int_counter_vec!(
+    "switchyard_tcp_bytes_total", "Bytes tunnelled by TCP listeners, by direction.",
+    &["listener", "direction"]));
 metric!(BACKEND_HEALTHY: IntGaugeVec = register_int_gauge_vec!(
     "switchyard_backend_healthy", "1 while the backend passes its health checks.",
     &["pool", "backend"]));
@@ -69,6 +77,7 @@ pub fn prepare_routes(c: &Config) {
     for r in &c.routes {
         REQUEST_DURATION.with_label_values(&[r.name.as_str()]);
         RETRIES.with_label_values(&[r.name.as_str()]);
+        RATE_LIMITED.with_label_values(&[r.name.as_str()]);
     }
 }
 

@@ -2,11 +2,12 @@
 //! the admin service and the supervisor.
 
 use crate::admin::Admin;
-use crate::config::{self, Config, ServerSettings};
+use crate::config::{self, Config, Protocol, ServerSettings};
 use crate::proxy::redirect::Redirect;
 use crate::proxy::{Edge, Listener};
 use crate::runtime::supervisor::Supervisor;
 use crate::runtime::{Snapshot, State};
+use crate::tcp::{AcceptFilter, TcpProxy};
 use crate::tls::CertStore;
 use anyhow::{Context, Result};
 use pingora::apps::HttpServerOptions;
@@ -62,6 +63,20 @@ pub fn run(opts: RunOptions) -> Result<()> {
     server.bootstrap();
     let threads = loaded.config.server.threads;
     for l in &loaded.config.listeners {
+        if l.protocol == Protocol::Tcp {
+            let app = TcpProxy {
+                state: state.clone(),
+                listener: l.name.clone(),
+            };
+            let mut svc = Service::new(l.name.clone(), app);
+            svc.set_connection_filter(Arc::new(AcceptFilter {
+                state: state.clone(),
+            }));
+            svc.add_tcp(&l.listen);
+            svc.threads = Some(threads);
+            server.add_service(svc);
+            continue;
+        }
         if let Some(port) = l.redirect_to_https {
             let mut svc = Service::new(l.name.clone(), Redirect { port });
             svc.add_tcp(&l.listen);

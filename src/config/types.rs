@@ -330,7 +330,7 @@ pub struct RouteConfig {
     #[serde(default)]
     pub auth: Option<AuthConfig>,
     #[serde(default)]
-    pub rate_limit: Unsupported,
+    pub rate_limit: Option<RateLimitConfig>,
     #[serde(default = "d::max_body")]
     pub max_body: Size,
     #[serde(default = "d::retries")]
@@ -350,10 +350,42 @@ pub struct RouteConfig {
     #[serde(default)]
     pub response_headers: HeaderOps,
     #[serde(default)]
-    pub cors: Unsupported,
+    pub cors: Option<CorsConfig>,
     /// Per-route override of `edge.security_headers`.
     #[serde(default)]
     pub security_headers: Option<bool>,
+}
+
+/// `requests` per `per` (a fixed window), counted per `key`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub requests: u64,
+    pub per: Dur,
+    /// `client_ip | api_key | header:NAME`.
+    #[serde(default = "d::rate_key")]
+    pub key: String,
+    /// Extra requests allowed in a window on top of `requests`.
+    #[serde(default)]
+    pub burst: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example.com`) or `*`.
+    pub allow_origins: Vec<String>,
+    #[serde(default = "d::cors_methods")]
+    pub allow_methods: Vec<String>,
+    /// Request headers a page may send; empty = whatever the preflight asks for.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    #[serde(default)]
+    pub max_age: Option<Dur>,
 }
 
 /// `connect_error` or a backend status (`502`) worth another backend.
@@ -570,6 +602,15 @@ mod d {
     }
     pub fn retry_on() -> Vec<super::RetryOn> {
         vec![super::RetryOn::Condition("connect_error".into())]
+    }
+    pub fn rate_key() -> String {
+        "client_ip".into()
+    }
+    pub fn cors_methods() -> Vec<String> {
+        ["GET", "HEAD", "POST"]
+            .iter()
+            .map(|m| m.to_string())
+            .collect()
     }
     pub fn passive_failures() -> u32 {
         5

@@ -155,12 +155,22 @@ impl Validator {
             }
             match l.protocol {
                 Protocol::Tcp => {
-                    self.err(
-                        format!("{p}.protocol"),
-                        "tcp listeners are not supported yet",
-                    );
                     if l.tls.is_some() {
                         self.err(format!("{p}.tls"), "a tcp listener cannot terminate TLS");
+                    }
+                    if l.redirect_to_https.is_some() {
+                        self.err(format!("{p}.redirect_to_https"), "only for http listeners");
+                    }
+                    match l.pool.as_deref().map(|name| (name, c.pools.get(name))) {
+                        None => self.err(format!("{p}.pool"), "a tcp listener needs a pool"),
+                        Some((name, None)) => {
+                            self.err(format!("{p}.pool"), format!("no pool named {name:?}"))
+                        }
+                        Some((name, Some(pool))) if pool.backends.is_empty() => self.err(
+                            format!("{p}.pool"),
+                            format!("pool {name:?} has no backends"),
+                        ),
+                        Some(_) => {}
                     }
                 }
                 Protocol::Http => {
@@ -378,16 +388,12 @@ impl Validator {
             if let Some(auth) = &r.auth {
                 self.auth(&format!("{p}.auth"), auth);
             }
-            self.unsupported(
-                &format!("{p}.rate_limit"),
-                &r.rate_limit,
-                "rate limits come with edge policies",
-            );
-            self.unsupported(
-                &format!("{p}.cors"),
-                &r.cors,
-                "CORS comes with edge policies",
-            );
+            if let Some(rl) = &r.rate_limit {
+                self.rate_limit(&format!("{p}.rate_limit"), rl);
+            }
+            if let Some(cors) = &r.cors {
+                self.cors(&format!("{p}.cors"), cors);
+            }
             for (j, what) in r.retry_on.iter().enumerate() {
                 match what {
                     RetryOn::Condition(c) if c == "connect_error" => {}
@@ -432,6 +438,58 @@ impl Validator {
                 &r.response_headers.remove,
             );
         }
+    }
+
+    fn rate_limit(&mut self, p: &str, rl: &RateLimitConfig) {
+        if rl.requests == 0 {
+            self.err(format!("{p}.requests"), "must be at least 1");
+        }
+        if rl.per.get() < std::time::Duration::from_secs(1) {
+            self.err(format!("{p}.per"), "must be at least 1s");
+        }
+        let key_ok = matches!(rl.key.as_str(), "client_ip" | "api_key")
+            || rl
+                .key
+                .strip_prefix("header:")
+                .is_some_and(|h| http::HeaderName::from_bytes(h.as_bytes()).is_ok());
+        if !key_ok {
+            self.err(format!("{p}.key"), "use client_ip, api_key or header:NAME");
+        }
+    }
+
+    fn cors(&mut self, p: &str, cors: &CorsConfig) {
+        if cors.allow_origins.is_empty() {
+            self.err(
+                format!("{p}.allow_origins"),
+                "list at least one origin (or *)",
+            );
+        }
+        for (i, o) in cors.allow_origins.iter().enumerate() {
+            let ok = o == "*"
+                || ((o.starts_with("https://") || o.starts_with("http://")) && !o.ends_with('/'));
+            if !ok {
+                self.err(
+                    format!("{p}.allow_origins[{i}]"),
+                    "write scheme://host[:port] (no path) or *",
+                );
+            }
+        }
+        if cors.allow_credentials && cors.allow_origins.iter().any(|o| o == "*") {
+            self.err(
+                format!("{p}.allow_credentials"),
+                "browsers refuse credentials with origin *",
+            );
+        }
+        for (i, m) in cors.allow_methods.iter().enumerate() {
+            if !METHODS.contains(&m.to_ascii_uppercase().as_str()) {
+                self.err(
+                    format!("{p}.allow_methods[{i}]"),
+                    format!("unknown method {m:?}"),
+                );
+            }
+        }
+        self.header_names(&format!("{p}.allow_headers"), &cors.allow_headers);
+        self.header_names(&format!("{p}.expose_headers"), &cors.expose_headers);
     }
 
     fn auth(&mut self, p: &str, auth: &AuthConfig) {

@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use filters::auth::{self, ClientKey};
 use filters::body::{self, Declared, Held, PreRead, Replay};
+use filters::cors::Cors;
 use filters::{acl, client_ip, headers, request_id};
 use openai::UsageScanner;
 use pingora::prelude::*;
@@ -68,6 +69,8 @@ pub struct Ctx {
     all_full: bool,
     usage: Option<UsageScanner>,
     first_byte: bool,
+    /// The request's `Origin`, when the route's CORS allows it.
+    cors_origin: Option<http::HeaderValue>,
 }
 
 impl Ctx {
@@ -150,12 +153,21 @@ impl Edge {
         } else {
             (body, "text/plain; charset=utf-8")
         };
+        let mut extra = extra.to_vec();
+        if let (Some(origin), Some(cors)) = (
+            &ctx.cors_origin,
+            ctx.route.as_ref().and_then(|r| r.cors.as_ref()),
+        ) {
+            if status != 204 {
+                extra.extend(cors.response_headers(origin));
+            }
+        }
         Local {
             status,
             body,
             content_type,
             request_id: &ctx.request_id,
-            extra,
+            extra: &extra,
             security: ctx.security(self.listener.tls),
             keepalive,
         }
@@ -420,6 +432,7 @@ impl ProxyHttp for Edge {
             all_full: false,
             usage: None,
             first_byte: false,
+            cors_origin: None,
         }
     }
 
@@ -469,6 +482,23 @@ impl ProxyHttp for Edge {
                 .local(session, ctx, 403, text(403, "forbidden"), true)
                 .await;
         }
+        if let Some(cors) = &route.cors {
+            let headers = &session.req_header().headers;
+            if Cors::is_preflight(&session.req_header().method, headers) {
+                return match cors.allowed_origin(headers) {
+                    Some(origin) => {
+                        let extra = cors.preflight_headers(origin, headers);
+                        self.local_with(session, ctx, 204, Bytes::new(), true, None, &extra)
+                            .await
+                    }
+                    None => {
+                        let msg = text(403, "origin not allowed");
+                        self.local(session, ctx, 403, msg, true).await
+                    }
+                };
+            }
+            ctx.cors_origin = cors.allowed_origin(headers).cloned();
+        }
         if let Target::Respond {
             status,
             body,
@@ -502,6 +532,19 @@ impl ProxyHttp for Edge {
                         .local_with(session, ctx, 401, msg, true, None, &www)
                         .await;
                 }
+            }
+        }
+        if let Some(limiter) = &route.rate {
+            if let Err(limited) = limiter.check(ctx.client_ip, &session.req_header().headers) {
+                metrics::RATE_LIMITED
+                    .with_label_values(&[route.name.as_str()])
+                    .inc();
+                let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let extra = [(http::header::RETRY_AFTER, http::HeaderValue::from(secs))];
+                let msg = text(429, "too many requests");
+                return self
+                    .local_with(session, ctx, 429, msg, true, None, &extra)
+                    .await;
             }
         }
         if ctx.openai {
@@ -764,6 +807,11 @@ impl ProxyHttp for Edge {
             headers::security(resp, tls)?;
         }
         if let Some(route) = &ctx.route {
+            if let (Some(origin), Some(cors)) = (&ctx.cors_origin, &route.cors) {
+                for (name, value) in cors.response_headers(origin) {
+                    resp.insert_header(name, value)?;
+                }
+            }
             headers::edit_response(resp, &route.response_headers)?;
         }
         Ok(())

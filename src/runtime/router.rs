@@ -3,6 +3,8 @@
 use super::pool::Pool;
 use crate::config::{parse_cidr, HeaderOps, RetryOn, RouteConfig};
 use crate::proxy::filters::auth::ClientKey;
+use crate::proxy::filters::cors::Cors;
+use crate::proxy::filters::rate_limit::Limiter;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
@@ -93,6 +95,10 @@ pub struct Route {
     pub retry_statuses: Vec<u16>,
     /// Every model the route's pool names in its config (bounded metric labels).
     pub models: HashSet<String>,
+    /// Shared with the previous snapshot's route of the same name and limit, so counters
+    /// survive reloads.
+    pub rate: Option<Arc<Limiter>>,
+    pub cors: Option<Cors>,
     pub target: Target,
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
@@ -106,7 +112,11 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn compile(config: &RouteConfig, pools: &BTreeMap<String, Arc<Pool>>) -> Option<Route> {
+    pub fn compile(
+        config: &RouteConfig,
+        pools: &BTreeMap<String, Arc<Pool>>,
+        previous: Option<&Route>,
+    ) -> Option<Route> {
         let target = match (&config.pool, &config.respond) {
             (Some(p), _) => Target::Pool(pools.get(p)?.clone()),
             (None, Some(r)) => Target::Respond {
@@ -142,6 +152,13 @@ impl Route {
                 })
                 .collect(),
             models,
+            rate: config.rate_limit.as_ref().map(|rl| {
+                previous
+                    .and_then(|p| p.rate.clone())
+                    .filter(|l| l.config == *rl)
+                    .unwrap_or_else(|| Arc::new(Limiter::new(rl)))
+            }),
+            cors: config.cors.as_ref().map(Cors::new),
             target,
             allow: cidrs(&config.allow),
             deny: cidrs(&config.deny),

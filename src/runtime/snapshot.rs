@@ -36,10 +36,15 @@ impl Snapshot {
             let prev = previous.and_then(|s| s.pools.get(name)).map(|p| p.as_ref());
             pools.insert(name.clone(), Arc::new(Pool::build(name, pc, prev).await));
         }
+        let previous_route = |name: &str| {
+            previous.and_then(|s| s.router.routes().iter().find(|r| r.name == name).cloned())
+        };
         let routes = c
             .routes
             .iter()
-            .filter_map(|r| Route::compile(r, &pools).map(Arc::new))
+            .filter_map(|r| {
+                Route::compile(r, &pools, previous_route(&r.name).as_deref()).map(Arc::new)
+            })
             .collect();
         let cidrs = |l: &[String]| l.iter().filter_map(|x| parse_cidr(x).ok()).collect();
         let edge = EdgePolicy {

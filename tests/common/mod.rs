@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[allow(unused_imports)]
-pub use upstream::Upstream;
+pub use upstream::{TcpEcho, Upstream};
 
 /// The admin key of every test config (unless `ADMIN_KEY` is set for the process).
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef0123";

@@ -284,3 +284,50 @@ fn websocket_echo(req: &mut Request<Incoming>, name: String) -> Response<Body> {
         .body(Full::new(Bytes::new()).boxed())
         .expect("101 response")
 }
+
+/// A TCP echo server that prefixes nothing: bytes in, same bytes out.
+pub struct TcpEcho {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TcpEcho {
+    pub async fn start() -> TcpEcho {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                conns.spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        TcpEcho {
+            addr,
+            accepted,
+            task: Some(task),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

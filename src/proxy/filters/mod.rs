@@ -4,5 +4,7 @@ pub mod acl;
 pub mod auth;
 pub mod body;
 pub mod client_ip;
+pub mod cors;
 pub mod headers;
+pub mod rate_limit;
 pub mod request_id;

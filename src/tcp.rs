@@ -1,0 +1,174 @@
+//! Raw TCP listeners (`protocol: tcp`): each connection is tunnelled to a backend of the
+//! listener's pool, chosen by the pool's balancing and health checks, with connect failover
+//! and an idle timeout. Allow/deny lists are applied at accept (Pingora's connection filter).
+
+use crate::proxy::filters::acl;
+use crate::runtime::pool::{InflightGuard, Member};
+use crate::runtime::{HashOn, State};
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::listeners::ConnectionFilter;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
+const DEFAULT_RETRIES: u32 = 2;
+
+pub struct TcpProxy {
+    pub state: Arc<State>,
+    pub listener: String,
+}
+
+/// Refuses connections from denied addresses before anything is read.
+pub struct AcceptFilter {
+    pub state: Arc<State>,
+}
+
+impl std::fmt::Debug for AcceptFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AcceptFilter")
+    }
+}
+
+#[async_trait]
+impl ConnectionFilter for AcceptFilter {
+    async fn should_accept(&self, addr: Option<&SocketAddr>) -> bool {
+        let snap = self.state.snapshot();
+        let ip = addr.map(|a| a.ip().to_canonical());
+        let ok = acl::permits(ip, &snap.edge.allow, &snap.edge.deny);
+        if !ok {
+            log::info!("tcp: refused a connection from {ip:?} (edge allow/deny)");
+        }
+        ok
+    }
+}
+
+fn peer_ip(io: &Stream) -> Option<IpAddr> {
+    let digest = io.get_socket_digest()?;
+    digest.peer_addr()?.as_inet().map(|a| a.ip().to_canonical())
+}
+
+#[async_trait]
+impl ServerApp for TcpProxy {
+    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let snap = self.state.snapshot();
+        let listener = snap
+            .loaded
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == self.listener)?;
+        let pool = snap.pools.get(listener.pool.as_deref()?)?.clone();
+        let idle = listener.idle.map(|d| d.get()).unwrap_or(DEFAULT_IDLE);
+        let retries = listener.retries.unwrap_or(DEFAULT_RETRIES);
+        let client = peer_ip(&io);
+        let key = match (&pool.hash_on, client) {
+            (Some(HashOn::ClientIp), Some(ip)) => ip.to_string().into_bytes(),
+            _ => Vec::new(),
+        };
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        loop {
+            let member = match pool.select(&key, None, |a| !tried.contains(a)) {
+                Ok(m) => m,
+                Err(_) => {
+                    log::warn!("tcp {}: no backend for {client:?}", self.listener);
+                    return None;
+                }
+            };
+            let connect = pool.config.timeouts.connect.get();
+            match tokio::time::timeout(connect, TcpStream::connect(member.addr)).await {
+                Ok(Ok(upstream)) => {
+                    pool.record_outcome(&member, false);
+                    self.tunnel(io, upstream, &member, idle, shutdown.clone())
+                        .await;
+                    return None;
+                }
+                Ok(Err(_)) | Err(_) => {
+                    crate::metrics::CONNECT_FAILURES
+                        .with_label_values(&[pool.name.as_str(), &member.addr.to_string()])
+                        .inc();
+                    pool.record_outcome(&member, true);
+                    tried.push(member.addr);
+                    if tried.len() as u32 > retries {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl TcpProxy {
+    async fn tunnel(
+        &self,
+        client: Stream,
+        upstream: TcpStream,
+        member: &Member,
+        idle: Duration,
+        mut shutdown: ShutdownWatch,
+    ) {
+        let _inflight = InflightGuard::new(&member.stats);
+        let _ = upstream.set_nodelay(true);
+        crate::metrics::TCP_CONNECTIONS
+            .with_label_values(&[self.listener.as_str()])
+            .inc();
+        let started = Instant::now();
+        let last = Arc::new(AtomicU64::new(0));
+        let (cr, cw) = tokio::io::split(client);
+        let (ur, uw) = upstream.into_split();
+        let up = pump(cr, uw, last.clone(), started);
+        let down = pump(ur, cw, last.clone(), started);
+        let watchdog = async {
+            loop {
+                tokio::time::sleep(idle.min(Duration::from_secs(1))).await;
+                let quiet = started
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                if quiet >= idle {
+                    return;
+                }
+            }
+        };
+        let (sent, received) = tokio::select! {
+            (a, b) = async { tokio::join!(up, down) } => (a, b),
+            _ = watchdog => (0, 0),
+            _ = shutdown.changed() => (0, 0),
+        };
+        let bytes = &crate::metrics::TCP_BYTES;
+        bytes
+            .with_label_values(&[self.listener.as_str(), "upstream"])
+            .inc_by(sent);
+        bytes
+            .with_label_values(&[self.listener.as_str(), "downstream"])
+            .inc_by(received);
+    }
+}
+
+/// Copies one direction until EOF, noting the time of every transfer; then half-closes.
+async fn pump<R, W>(mut from: R, mut to: W, last: Arc<AtomicU64>, started: Instant) -> u64
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        total += n as u64;
+        last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    let _ = to.shutdown().await;
+    total
+}

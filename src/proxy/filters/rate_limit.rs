@@ -8,16 +8,17 @@ use pingora_limits::rate::{Rate, RateComponents};
 use std::net::IpAddr;
 use std::time::Duration;
 
-enum Key {
+enum CountBy {
     ClientIp,
-    ApiKey,
+    /// The API key the client presented.
+    Client,
     Header(http::HeaderName),
 }
 
 pub struct Limiter {
     pub config: RateLimitConfig,
     rate: Rate,
-    key: Key,
+    key: CountBy,
     allowed: isize,
 }
 
@@ -29,13 +30,13 @@ pub struct Limited {
 impl Limiter {
     pub fn new(config: &RateLimitConfig) -> Limiter {
         let key = match config.key.as_str() {
-            "api_key" => Key::ApiKey,
+            "api_key" => CountBy::Client,
             k => match k
                 .strip_prefix("header:")
                 .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
             {
-                Some(h) => Key::Header(h),
-                None => Key::ClientIp,
+                Some(h) => CountBy::Header(h),
+                None => CountBy::ClientIp,
             },
         };
         Limiter {
@@ -49,13 +50,13 @@ impl Limiter {
     /// Counts one request; `Err` when it is over the limit of its key's window.
     pub fn check(&self, client: Option<IpAddr>, headers: &HeaderMap) -> Result<(), Limited> {
         let bytes: Vec<u8> = match &self.key {
-            Key::ClientIp => client
+            CountBy::ClientIp => client
                 .map(|ip| ip.to_string().into_bytes())
                 .unwrap_or_default(),
-            Key::ApiKey => super::auth::presented(headers)
+            CountBy::Client => super::auth::presented(headers)
                 .map(|k| k.as_bytes().to_vec())
                 .unwrap_or_default(),
-            Key::Header(h) => headers
+            CountBy::Header(h) => headers
                 .get(h)
                 .map(|v| v.as_bytes().to_vec())
                 .unwrap_or_default(),

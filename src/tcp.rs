@@ -163,7 +163,8 @@ where
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if to.write_all(&buf[..n]).await.is_err() {
+        // Pingora's client stream buffers writes: flush so interactive protocols see replies.
+        if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
             break;
         }
         total += n as u64;

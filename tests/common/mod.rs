@@ -122,6 +122,22 @@ impl Proxy {
             .expect("start switchyard")
     }
 
+    /// Starts `conf/examples/NAME` with its admin port and the given text replacements
+    /// (listen ports, backend addresses), so the shipped file itself is what runs.
+    pub async fn start_example(name: &str, replace: &[(&str, String)]) -> Proxy {
+        let path = format!("{}/conf/examples/{name}", env!("CARGO_MANIFEST_DIR"));
+        let mut text = std::fs::read_to_string(&path).expect("example config");
+        let mut p = Proxy::new();
+        text = text.replace("127.0.0.1:9901", &format!("127.0.0.1:{}", p.admin));
+        for (from, to) in replace {
+            assert!(text.contains(from), "{name} has no {from:?}");
+            text = text.replace(from, to);
+        }
+        p.write_raw(&text);
+        p.spawn().await;
+        p
+    }
+
     pub async fn spawn(&mut self) {
         self.child = Some(self.spawn_process("", &[]));
         let url = format!("http://127.0.0.1:{}/health", self.admin);

@@ -11,18 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn proxy(up: &Upstream) -> (Proxy, u16) {
     let port = free_port();
-    let p = Proxy::start(&format!(
-        r#"
-listeners:
-  - {{name: http, listen: "127.0.0.1:{port}"}}
-pools:
-  up: {{health_check: {{kind: none}}, backends: [{{address: "{up}"}}]}}
-routes:
-  - {{name: up, match: {{path_prefix: /}}, pool: up, max_body: 1MiB}}
-"#,
-        up = up.addr
-    ))
-    .await;
+    let p = Proxy::start(&common::one_pool(port, up.addr, ", max_body: 1MiB")).await;
     (p, port)
 }
 

@@ -38,17 +38,10 @@ async fn echo(
 
 fn policies(port: u16, up: &Upstream, edge: &str, route_extra: &str) -> String {
     format!(
-        r#"
-listeners:
-  - {{name: http, listen: "127.0.0.1:{port}"}}
-pools:
-  up: {{health_check: {{kind: none}}, backends: [{{address: "{up}"}}]}}
-routes:
-  - {{name: api, match: {{path_prefix: /}}, pool: up{route_extra}}}
-edge:
+        "{}edge:
 {edge}
-"#,
-        up = up.addr
+",
+        common::one_pool(port, up.addr, route_extra)
     )
 }
 
@@ -150,7 +143,7 @@ async fn rate_limits_per_client_survive_reloads() {
         "the count survived the reload"
     );
     assert_eq!(
-        p.metric("switchyard_rate_limited_total{route=\"api\"}")
+        p.metric("switchyard_rate_limited_total{route=\"all\"}")
             .await,
         Some(2.0)
     );
@@ -280,6 +273,12 @@ async fn tcp_listeners_tunnel_fail_over_and_filter_at_accept() {
 
     // A dead backend: new connections go to the other one at once.
     b.stop();
+    let dead = b.addr;
+    let refused = common::wait_until(Duration::from_secs(3), || async {
+        tokio::net::TcpStream::connect(dead).await.is_err()
+    })
+    .await;
+    assert!(refused, "the stopped backend still accepts");
     for _ in 0..6 {
         assert_eq!(
             roundtrip(tcp, "127.0.0.1", b"still\n").await.unwrap(),

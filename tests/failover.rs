@@ -177,18 +177,8 @@ routes:
 async fn total_timeout_bounds_the_whole_request() {
     let up = Upstream::start("up").await;
     let port = free_port();
-    let _p = Proxy::start(&format!(
-        r#"
-listeners:
-  - {{name: http, listen: "127.0.0.1:{port}"}}
-pools:
-  up: {{health_check: {{kind: none}}, backends: [{{address: "{up}"}}]}}
-routes:
-  - {{name: capped, match: {{path_prefix: /}}, pool: up, retries: 0, timeouts: {{read: 10s, total: 400ms}}}}
-"#,
-        up = up.addr
-    ))
-    .await;
+    let route = ", retries: 0, timeouts: {read: 10s, total: 400ms}";
+    let _p = Proxy::start(&common::one_pool(port, up.addr, route)).await;
     let started = Instant::now();
     let r = client()
         .get(format!("http://127.0.0.1:{port}/delay?ms=3000"))

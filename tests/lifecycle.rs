@@ -9,17 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn config(port: u16, up: &Upstream) -> String {
-    format!(
-        r#"
-listeners:
-  - {{name: http, listen: "127.0.0.1:{port}"}}
-pools:
-  up: {{health_check: {{kind: none}}, backends: [{{address: "{up}"}}]}}
-routes:
-  - {{name: all, match: {{path_prefix: /}}, pool: up}}
-"#,
-        up = up.addr
-    )
+    common::one_pool(port, up.addr, "")
 }
 
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> bool {

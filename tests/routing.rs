@@ -253,18 +253,7 @@ routes:
 async fn serves_h2c_with_prior_knowledge() {
     let up = Upstream::start("up").await;
     let port = free_port();
-    let _p = Proxy::start(&format!(
-        r#"
-listeners:
-  - {{name: http, listen: "127.0.0.1:{port}"}}
-pools:
-  up: {{health_check: {{kind: none}}, backends: [{{address: "{up}"}}]}}
-routes:
-  - {{name: all, match: {{path_prefix: /}}, pool: up}}
-"#,
-        up = up.addr
-    ))
-    .await;
+    let _p = Proxy::start(&common::one_pool(port, up.addr, "")).await;
     let c = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()

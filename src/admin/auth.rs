@@ -1,9 +1,11 @@
-//! Admin key checks. Both sides are hashed first and the digests compared in constant time
-//! (`subtle`), so neither a key's length nor its first wrong byte shows in the timing.
+//! Admin key checks, with the same constant-time comparison as client keys
+//! (`proxy::filters::auth`): both sides are hashed and the digests compared with `subtle`, so
+//! neither a key's length nor its first wrong byte shows in the timing.
 
+use crate::config::ApiKey;
+use crate::proxy::filters::auth::{self, ClientKey};
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 /// Who made an admin call: a short hash prefix of the key presented, never the key.
 #[derive(Debug, Clone)]
@@ -11,43 +13,17 @@ pub struct Caller {
     pub key_id: String,
 }
 
-/// The key presented by `Authorization: Bearer KEY` or `X-API-Key: KEY`.
-pub fn presented(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let v = v.trim();
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(v[7..].trim());
-        }
-    }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-}
-
-/// The sha256 the configured key stands for: given as `sha256:<hex>`, or of the plain key.
-fn expected_digest(configured: &str) -> Option<[u8; 32]> {
-    match configured.strip_prefix("sha256:") {
-        Some(hex) => hex::decode(hex).ok()?.try_into().ok(),
-        None => Some(Sha256::digest(configured.as_bytes()).into()),
-    }
-}
-
-/// Checks the request's key against `configured`; `None` when it is missing or wrong.
+/// Checks the request's key against `configured` (plain or `sha256:<hex>`).
 pub fn check(headers: &HeaderMap, configured: Option<&str>) -> Option<Caller> {
-    let given = presented(headers)?;
-    let expected = expected_digest(configured?)?;
-    let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-    if bool::from(digest.ct_eq(&expected)) {
-        Some(Caller {
-            key_id: format!("sha256:{}", &hex::encode(digest)[..8]),
-        })
-    } else {
-        None
-    }
+    let key = ClientKey::compile(&ApiKey::Plain(configured?.to_string()))?;
+    auth::check(headers, std::slice::from_ref(&key))?;
+    let given = auth::presented(headers)?;
+    Some(Caller {
+        key_id: format!(
+            "sha256:{}",
+            &hex::encode(Sha256::digest(given.as_bytes()))[..8]
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -68,11 +44,8 @@ mod tests {
         let key = "k".repeat(32);
         let hashed = format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())));
         for configured in [key.as_str(), hashed.as_str()] {
-            assert!(check(
-                &with("authorization", &format!("Bearer {key}")),
-                Some(configured)
-            )
-            .is_some());
+            let bearer = with("authorization", &format!("Bearer {key}"));
+            assert!(check(&bearer, Some(configured)).is_some());
             assert!(check(&with("x-api-key", &key), Some(configured)).is_some());
             assert!(check(&with("x-api-key", "wrong"), Some(configured)).is_none());
         }

@@ -6,6 +6,7 @@
 
 pub mod access_log;
 pub mod filters;
+mod gateway;
 pub mod openai;
 pub mod redirect;
 mod respond;
@@ -18,7 +19,7 @@ use crate::runtime::{HashOn, Snapshot, State};
 use async_trait::async_trait;
 use bytes::Bytes;
 use filters::auth::{self, ClientKey};
-use filters::body::{self, Declared, Held, PreRead, Replay};
+use filters::body::{self, Declared, Held, Replay};
 use filters::cors::Cors;
 use filters::{acl, client_ip, headers, request_id};
 use openai::UsageScanner;
@@ -89,33 +90,6 @@ impl Ctx {
 }
 
 impl Edge {
-    /// Time to first token and token usage, read as the answer streams past.
-    fn observe_openai(&self, chunk: Option<&[u8]>, end: bool, ctx: &mut Ctx) {
-        let Some(route) = &ctx.route else { return };
-        let label = route.model_label(ctx.model.as_deref());
-        if let Some(c) = chunk.filter(|c| !c.is_empty()) {
-            if !ctx.first_byte {
-                ctx.first_byte = true;
-                metrics::OPENAI_TTFT
-                    .with_label_values(&[label])
-                    .observe(ctx.started.elapsed().as_secs_f64());
-            }
-            if let Some(u) = ctx.usage.as_mut() {
-                u.feed(c);
-            }
-        }
-        if end {
-            if let Some(usage) = ctx.usage.take().and_then(UsageScanner::finish) {
-                metrics::OPENAI_TOKENS
-                    .with_label_values(&[label, "prompt"])
-                    .inc_by(usage.prompt);
-                metrics::OPENAI_TOKENS
-                    .with_label_values(&[label, "completion"])
-                    .inc_by(usage.completion);
-            }
-        }
-    }
-
     async fn local(
         &self,
         session: &mut Session,
@@ -174,111 +148,6 @@ impl Edge {
         .send(session)
         .await?;
         Ok(true)
-    }
-
-    /// Keys, `/v1/models` and the model of the body, for `openai: true` routes.
-    /// `Some(done)` when the request was answered here.
-    async fn openai_request(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        route: &Route,
-    ) -> Result<Option<bool>> {
-        let method = session.req_header().method.clone();
-        let pool = route.pool().cloned();
-        if method == http::Method::GET && session.req_header().uri.path().ends_with("/models") {
-            let mut models = pool.as_ref().map(|p| p.models()).unwrap_or_default();
-            if let Some(k) = &ctx.key {
-                models.retain(|m| k.allows(m));
-            }
-            let owner = pool
-                .as_ref()
-                .map(|p| p.name.as_str())
-                .unwrap_or("switchyard");
-            let local = Local {
-                status: 200,
-                body: openai::models_list(&models, owner),
-                content_type: "application/json",
-                request_id: &ctx.request_id,
-                extra: &[],
-                security: ctx.security(self.listener.tls),
-                keepalive: true,
-            };
-            local.send(session).await?;
-            return Ok(Some(true));
-        }
-        if method != http::Method::POST {
-            return Ok(None);
-        }
-        let limit = route.config.max_body.0;
-        let body = match body::pre_read(session, limit).await? {
-            PreRead::Body(b) => b,
-            PreRead::TooLarge => return self.refuse_body(session, ctx, limit).await.map(Some),
-            PreRead::Unreplayable(b) if !session.is_http2() => {
-                let model = openai::model_of(&b).ok();
-                body::refeed_h1(session, b).await?;
-                let keepalive = ctx
-                    .snapshot
-                    .as_ref()
-                    .map(|s| s.edge.keepalive_timeout.as_secs());
-                session.set_keepalive(keepalive.map(|k| k.max(1)));
-                return match model {
-                    Some(m) => self.choose_model(session, ctx, route, m, None).await,
-                    None => self.openai_bad_body(session, ctx).await,
-                };
-            }
-            PreRead::Unreplayable(_) => {
-                let msg = text(
-                    411,
-                    "send Content-Length with HTTP/2 request bodies over 64 KiB",
-                );
-                return self.local(session, ctx, 411, msg, true).await.map(Some);
-            }
-        };
-        match openai::model_of(&body) {
-            Ok(m) => {
-                self.choose_model(session, ctx, route, m, Some(Replay(body)))
-                    .await
-            }
-            Err(_) => self.openai_bad_body(session, ctx).await,
-        }
-    }
-
-    async fn openai_bad_body(&self, session: &mut Session, ctx: &Ctx) -> Result<Option<bool>> {
-        let msg = Bytes::from("the request body must be a JSON object with a \"model\"");
-        self.local(session, ctx, 400, msg, true).await.map(Some)
-    }
-
-    /// Accepts `model` for the request if the pool serves it and the key may use it.
-    async fn choose_model(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        route: &Route,
-        model: String,
-        replay: Option<Replay>,
-    ) -> Result<Option<bool>> {
-        let pool = route.pool();
-        let served = pool.as_ref().is_some_and(|p| {
-            p.config
-                .backends
-                .iter()
-                .any(|b| b.models.is_empty() || b.models.contains(&model))
-        });
-        let allowed = ctx.key.as_ref().is_none_or(|k| k.allows(&model));
-        if !served || !allowed {
-            let msg = Bytes::from(format!(
-                "The model `{model}` does not exist or you do not have access to it."
-            ));
-            let code = Some("model_not_found");
-            return self
-                .local_with(session, ctx, 404, msg, true, code, &[])
-                .await
-                .map(Some);
-        }
-        ctx.model = Some(model);
-        ctx.replay = replay;
-        Ok(None)
     }
 
     /// Answers 413, then reads (and drops) a bounded part of the body so that a client still

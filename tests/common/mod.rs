@@ -292,6 +292,21 @@ pub fn run_cli(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     )
 }
 
+/// The usual test config: one plain listener, pool `up` with one backend and no health
+/// check, and one route `all` for every path (`route_extra` is added to the route's map).
+pub fn one_pool(port: u16, up: SocketAddr, route_extra: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - {{name: http, listen: "127.0.0.1:{port}"}}
+pools:
+  up: {{health_check: {{kind: none}}, backends: [{{address: "{up}"}}]}}
+routes:
+  - {{name: all, match: {{path_prefix: /}}, pool: up{route_extra}}}
+"#
+    )
+}
+
 pub fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }

@@ -56,6 +56,8 @@ metric!(CONFIG_RELOADS: IntCounterVec = register_int_counter_vec!(
 metric!(LAST_RELOAD_OK: Gauge = register_gauge!(
     "switchyard_config_last_reload_success_timestamp_seconds",
     "Unix time of the last config load that was applied."));
+metric!(DOWNSTREAM_CONNECTIONS: IntGaugeVec = register_int_gauge_vec!(
+    "switchyard_downstream_connections", "Open client connections, by listener.", &["listener"]));
 metric!(TLS_EXPIRY: GaugeVec = register_gauge_vec!(
     "switchyard_tls_certificate_expiry_timestamp_seconds",
     "Unix time when a listener's certificate expires.", &["listener", "name"]));

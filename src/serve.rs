@@ -3,6 +3,7 @@
 
 use crate::admin::Admin;
 use crate::config::{self, Config, Protocol, ServerSettings};
+use crate::proxy::head_deadline::HeadDeadlineApp;
 use crate::proxy::redirect::Redirect;
 use crate::proxy::{Edge, Listener};
 use crate::runtime::supervisor::Supervisor;
@@ -91,22 +92,28 @@ pub fn run(opts: RunOptions) -> Result<()> {
                 tls: l.tls.is_some(),
             },
         };
-        let mut svc =
-            pingora::proxy::http_proxy_service_with_name(&server.configuration, edge, &l.name);
-        match state.certs.iter().find(|(n, _)| *n == l.name) {
-            Some((_, store)) => svc.add_tls_with_settings(
-                &l.listen,
-                None,
-                crate::tls::listener_settings(store.clone()),
-            ),
-            None => {
-                svc.add_tcp(&l.listen);
-                let mut options = HttpServerOptions::default();
-                options.h2c = true;
-                if let Some(app) = svc.app_logic_mut() {
-                    app.server_options = Some(options);
-                }
+        let mut proxy = pingora::proxy::http_proxy(&server.configuration, edge);
+        let store = state
+            .certs
+            .iter()
+            .find(|(n, _)| *n == l.name)
+            .map(|(_, s)| s.clone());
+        if store.is_none() {
+            let mut options = HttpServerOptions::default();
+            options.h2c = true;
+            proxy.server_options = Some(options);
+        }
+        let app = HeadDeadlineApp {
+            inner: Arc::new(proxy),
+            state: state.clone(),
+            listener: l.name.clone(),
+        };
+        let mut svc = Service::new(l.name.clone(), app);
+        match store {
+            Some(store) => {
+                svc.add_tls_with_settings(&l.listen, None, crate::tls::listener_settings(store))
             }
+            None => svc.add_tcp(&l.listen),
         }
         svc.threads = Some(threads);
         server.add_service(svc);

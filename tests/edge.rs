@@ -310,3 +310,77 @@ async fn tcp_idle_tunnels_are_closed() {
     let closed = tokio::time::timeout(Duration::from_secs(6), s.read(&mut buf)).await;
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_heads_are_cut_and_do_not_starve_others() {
+    let up = Upstream::start("up").await;
+    let port = free_port();
+    let p = Proxy::start(&policies(port, &up, "  header_timeout: 1s", "")).await;
+    let url = format!("http://127.0.0.1:{port}/");
+
+    // 300 slowloris sockets, each dribbling a request head.
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        slow.push(s);
+    }
+    let gauge = "switchyard_downstream_connections{listener=\"http\"}";
+    assert!(
+        p.metric(gauge).await.unwrap_or(0.0) >= 300.0,
+        "open connections are counted"
+    );
+    let dribble = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut closed = 0;
+        for s in slow.iter_mut() {
+            let mut buf = [0u8; 64];
+            // Keep writing one header byte every 100 ms until the proxy hangs up.
+            loop {
+                if s.write_all(b"X").await.is_err() {
+                    break;
+                }
+                match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    _ => {}
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    return (closed, started.elapsed());
+                }
+            }
+            closed += 1;
+        }
+        (closed, started.elapsed())
+    });
+    // Meanwhile, normal requests are served promptly.
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let r = client().get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "slow: {:?}",
+            started.elapsed()
+        );
+    }
+    let (closed, took) = dribble.await.unwrap();
+    assert_eq!(closed, 300, "every slow head was cut (after {took:?})");
+    assert!(took < Duration::from_secs(5), "cut after {took:?}");
+
+    // A keep-alive connection: the second request's head gets its own deadline.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(1500)).await; // idle is not slow
+    s.write_all(b"GET / HT").await.unwrap();
+    let cut = tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf)).await;
+    assert!(matches!(cut, Ok(Ok(0)) | Ok(Err(_))), "{cut:?}");
+}

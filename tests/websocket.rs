@@ -20,7 +20,7 @@ listeners:
 pools:
   ws: {{health_check: {{kind: none}}, backends: [{{address: "{up}"}}]}}
 routes:
-  - {{name: short, match: {{path_prefix: /ws, headers: {{x-idle: short}}}}, pool: ws, timeouts: {{websocket_idle: 500ms}}}}
+  - {{name: short, match: {{path_prefix: /ws, headers: {{x-idle: short}}}}, pool: ws, timeouts: {{websocket_idle: 1s}}}}
   - {{name: ws, match: {{path_prefix: /ws}}, pool: ws}}
 "#,
         up = up.addr
@@ -35,7 +35,7 @@ routes:
     let reply = ws.next().await.unwrap().unwrap();
     assert_eq!(reply.into_text().unwrap().as_str(), "ws: hello");
     // Silent for longer than the short route allows: the long (default 1 h) route keeps it.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     ws.send(Message::text("still there")).await.unwrap();
     let reply = ws.next().await.unwrap().unwrap();
     assert_eq!(reply.into_text().unwrap().as_str(), "ws: still there");
@@ -47,8 +47,9 @@ routes:
     req.headers_mut().insert("x-idle", "short".parse().unwrap());
     let (mut short, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     short.send(Message::text("a")).await.unwrap();
-    assert!(short.next().await.unwrap().is_ok());
-    // After 500 ms of silence the proxy closes the connection.
+    let echoed = short.next().await.expect("an answer on the short route");
+    assert!(echoed.is_ok(), "{echoed:?}");
+    // After 1 s of silence the proxy closes the connection.
     let end = tokio::time::timeout(Duration::from_secs(5), short.next()).await;
     match end {
         Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {}

@@ -483,8 +483,9 @@ pub struct EdgeConfig {
     pub security_headers: bool,
     #[serde(default)]
     pub access_log: AccessLogConfig,
-    #[serde(default)]
-    pub header_timeout: Unsupported,
+    /// A client must send its whole request head within this (slowloris).
+    #[serde(default = "d::header_timeout")]
+    pub header_timeout: Dur,
     #[serde(default = "d::keepalive_timeout")]
     pub keepalive_timeout: Dur,
 }
@@ -497,7 +498,7 @@ impl Default for EdgeConfig {
             deny: Vec::new(),
             security_headers: true,
             access_log: AccessLogConfig::default(),
-            header_timeout: None,
+            header_timeout: d::header_timeout(),
             keepalive_timeout: d::keepalive_timeout(),
         }
     }
@@ -623,6 +624,9 @@ mod d {
     }
     pub fn websocket_idle_opt() -> Option<Dur> {
         Some(Dur::secs(3600))
+    }
+    pub fn header_timeout() -> Dur {
+        Dur::secs(10)
     }
     pub fn keepalive_timeout() -> Dur {
         Dur::secs(60)

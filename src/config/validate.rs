@@ -566,11 +566,9 @@ impl Validator {
         self.cidrs("edge.trusted_proxies", &e.trusted_proxies);
         self.cidrs("edge.allow", &e.allow);
         self.cidrs("edge.deny", &e.deny);
-        self.unsupported(
-            "edge.header_timeout",
-            &e.header_timeout,
-            "comes with edge policies",
-        );
+        if e.header_timeout.get().is_zero() {
+            self.err("edge.header_timeout", "must be more than 0");
+        }
         if e.access_log.format != "json" {
             self.err("edge.access_log.format", "only json is known");
         }

@@ -7,6 +7,7 @@
 pub mod access_log;
 pub mod filters;
 mod gateway;
+pub mod head_deadline;
 pub mod openai;
 pub mod redirect;
 mod respond;
@@ -22,6 +23,7 @@ use filters::auth::{self, ClientKey};
 use filters::body::{self, Declared, Held, Replay};
 use filters::cors::Cors;
 use filters::{acl, client_ip, headers, request_id};
+use head_deadline::HeadGuard;
 use openai::UsageScanner;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -303,6 +305,13 @@ impl ProxyHttp for Edge {
             first_byte: false,
             cors_origin: None,
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        if let Some(guard) = session.as_downstream().stream().and_then(HeadGuard::of) {
+            guard.disarm();
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -750,6 +759,9 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(guard) = session.as_downstream().stream().and_then(HeadGuard::of) {
+            guard.rearm();
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

@@ -17,6 +17,7 @@ pub struct EdgePolicy {
     pub security_headers: bool,
     pub access_log: bool,
     pub keepalive_timeout: Duration,
+    pub header_timeout: Duration,
 }
 
 pub struct Snapshot {
@@ -54,6 +55,7 @@ impl Snapshot {
             security_headers: c.edge.security_headers,
             access_log: c.edge.access_log.enabled,
             keepalive_timeout: c.edge.keepalive_timeout.get(),
+            header_timeout: c.edge.header_timeout.get(),
         };
         crate::metrics::prepare_routes(c);
         Snapshot {

@@ -1,0 +1,275 @@
+//! `edge.header_timeout`: a client must deliver its whole request head within this time.
+//!
+//! Pingora reads the head with a timer that restarts on every byte, before any `ProxyHttp`
+//! hook runs, so a client sending one byte a second holds a connection forever (slowloris).
+//! [`HeadDeadlineApp`] wraps the proxy's `ServerApp` and gives every connection a
+//! [`HeadGuard`] stream: its reads fail once the deadline passes. The proxy disarms it when a
+//! head has been parsed (`early_request_filter`) and re-arms it for the next request on a
+//! keep-alive connection, with the clock starting at that request's first byte. HTTP/2
+//! connections (ALPN h2, or the h2c preface) are never armed: their streams are multiplexed.
+//! The same wrapper counts open connections for `switchyard_downstream_connections`.
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
+    UniqueIDType, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+const RUNNING: u8 = 0;
+const WAITING: u8 = 1;
+const DISARMED: u8 = 2;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+pub struct HeadDeadlineApp<A> {
+    pub inner: Arc<A>,
+    /// The limit is read from the current snapshot for each new connection.
+    pub state: Arc<crate::runtime::State>,
+    pub listener: String,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadlineApp<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let _open = OpenConnection::new(&self.listener);
+        let armed = !matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let limit = self.state.snapshot().edge.header_timeout;
+        let guarded = HeadGuard::new(stream, limit, armed);
+        self.inner.process_new(Box::new(guarded), shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// One open client connection in `switchyard_downstream_connections{listener}`.
+struct OpenConnection(pingora_prometheus::prometheus::IntGauge);
+
+impl OpenConnection {
+    fn new(listener: &str) -> Self {
+        let g = crate::metrics::DOWNSTREAM_CONNECTIONS.with_label_values(&[listener]);
+        g.inc();
+        OpenConnection(g)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+pub struct HeadGuard {
+    inner: Stream,
+    limit: Duration,
+    state: AtomicU8,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl std::fmt::Debug for HeadGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadGuard")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "request head deadline (edge.header_timeout)",
+    )
+}
+
+impl HeadGuard {
+    fn new(inner: Stream, limit: Duration, armed: bool) -> Self {
+        HeadGuard {
+            inner,
+            limit,
+            state: AtomicU8::new(if armed { RUNNING } else { DISARMED }),
+            timer: armed.then(|| Box::pin(tokio::time::sleep(limit))),
+        }
+    }
+
+    /// A head was parsed: no deadline while the request is served.
+    pub fn disarm(&self) {
+        self.state.store(DISARMED, Ordering::Release);
+    }
+
+    /// The next request on this connection gets a deadline from its first byte.
+    pub fn rearm(&self) {
+        let _ = self
+            .state
+            .compare_exchange(DISARMED, WAITING, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Finds the guard under a session's stream, if the connection has one.
+    pub fn of(stream: &Stream) -> Option<&HeadGuard> {
+        stream.as_any().downcast_ref::<HeadGuard>()
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.state.load(Ordering::Acquire) == RUNNING
+            && self
+                .timer
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+}
+
+impl AsyncRead for HeadGuard {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(timed_out()));
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            let fresh = &buf.filled()[before..];
+            if before == 0 && fresh.starts_with(H2_PREFACE) {
+                self.disarm();
+            } else if !fresh.is_empty() && self.state.load(Ordering::Acquire) == WAITING {
+                let deadline = Instant::now() + self.limit;
+                match self.timer.as_mut() {
+                    Some(t) => t.as_mut().reset(deadline),
+                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+                self.state.store(RUNNING, Ordering::Release);
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for HeadGuard {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeadGuard {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for HeadGuard {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeadGuard {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeadGuard {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeadGuard {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for HeadGuard {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for HeadGuard {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        let peeked = if self.state.load(Ordering::Acquire) == RUNNING {
+            let left = self
+                .timer
+                .as_ref()
+                .map(|t| t.deadline().saturating_duration_since(Instant::now()))
+                .unwrap_or(self.limit);
+            tokio::time::timeout(left, self.inner.try_peek(buf))
+                .await
+                .map_err(|_| timed_out())??
+        } else {
+            self.inner.try_peek(buf).await?
+        };
+        if peeked && buf.starts_with(H2_PREFACE) {
+            self.disarm();
+        }
+        Ok(peeked)
+    }
+}

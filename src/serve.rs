@@ -103,11 +103,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
             options.h2c = true;
             proxy.server_options = Some(options);
         }
-        let app = HeadDeadlineApp {
-            inner: Arc::new(proxy),
-            state: state.clone(),
-            listener: l.name.clone(),
-        };
+        let app = HeadDeadlineApp::new(proxy, state.clone(), &l.name);
         let mut svc = Service::new(l.name.clone(), app);
         match store {
             Some(store) => {

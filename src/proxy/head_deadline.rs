@@ -32,6 +32,18 @@ const DISARMED: u8 = 2;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
+impl<A> HeadDeadlineApp<A> {
+    pub fn new(inner: A, state: Arc<crate::runtime::State>, listener: &str) -> Self {
+        // The series exists from the start, at 0.
+        crate::metrics::DOWNSTREAM_CONNECTIONS.with_label_values(&[listener]);
+        HeadDeadlineApp {
+            inner: Arc::new(inner),
+            state,
+            listener: listener.to_string(),
+        }
+    }
+}
+
 pub struct HeadDeadlineApp<A> {
     pub inner: Arc<A>,
     /// The limit is read from the current snapshot for each new connection.

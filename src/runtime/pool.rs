@@ -281,8 +281,10 @@ impl Pool {
             None => Arc::new(new_handle(name, config, key, members).await),
         };
         for m in lb.members().iter() {
+            let addr = m.addr.to_string();
             let healthy = lb.balancer.backends().ready(&backend_of(m));
-            crate::metrics::set_backend_healthy(name, &m.addr.to_string(), healthy);
+            crate::metrics::set_backend_healthy(name, &addr, healthy);
+            crate::metrics::CONNECT_FAILURES.with_label_values(&[name, addr.as_str()]);
         }
         Pool {
             name: name.to_string(),

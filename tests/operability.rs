@@ -1,0 +1,172 @@
+//! Operability: every SPEC §7 metric exists from the start and parses with the Prometheus
+//! text parser; access log lines are JSON carrying the id the client saw; the systemd unit
+//! passes `systemd-analyze verify` and scores ≤ 2.0 in `systemd-analyze security`.
+
+mod common;
+
+use common::mock_openai::MockOpenAi;
+use common::{client, free_port, Proxy, Upstream};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// Metric families as parsed by Python's `prometheus_client` (names without `_total`).
+fn parse_with_prometheus_client(text: &str) -> Vec<String> {
+    let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nfor f in p(sys.stdin.read()):\n    print(f.name)\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the exposition does not parse (pip install prometheus-client): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_metric_exists_from_the_start_and_parses() {
+    let up = Upstream::start("up").await;
+    let ai = MockOpenAi::start("ai", &["llama"]).await;
+    let (http, https) = (free_port(), free_port());
+    let p = Proxy::start(&format!(
+        r#"
+listeners:
+  - {{name: http, listen: "127.0.0.1:{http}"}}
+  - {{name: https, listen: "127.0.0.1:{https}", tls: {{self_signed: [localhost]}}}}
+pools:
+  up: {{health_check: {{kind: none}}, backends: [{{address: "{up}"}}]}}
+  ai: {{health_check: {{kind: none}}, backends: [{{address: "{ai}", models: [llama]}}]}}
+routes:
+  - {{name: ai, match: {{path_prefix: /v1/}}, pool: ai, openai: true}}
+  - {{name: all, match: {{path_prefix: /}}, pool: up, rate_limit: {{requests: 100, per: 1m}}}}
+"#,
+        up = up.addr,
+        ai = ai.addr
+    ))
+    .await;
+    let before = p.metrics().await;
+    let must_exist = [
+        "switchyard_request_duration_seconds_count{route=\"all\"}",
+        "switchyard_retries_total{route=\"all\"}",
+        "switchyard_rate_limited_total{route=\"all\"}",
+        "switchyard_config_reloads_total{result=\"ok\",source=\"startup\"} 1",
+        "switchyard_config_reloads_total{result=\"error\",source=\"file\"} 0",
+        "switchyard_config_last_reload_success_timestamp_seconds",
+        "switchyard_downstream_connections{listener=\"http\"}",
+        "switchyard_tls_certificate_expiry_timestamp_seconds{listener=\"https\",name=\"localhost\"}",
+    ];
+    for series in must_exist {
+        assert!(before.contains(series), "missing at start: {series}");
+    }
+    assert!(before.contains(&format!(
+        "switchyard_backend_healthy{{backend=\"{}\",pool=\"up\"}} 1",
+        up.addr
+    )));
+
+    let r = client()
+        .get(format!("http://127.0.0.1:{http}/x"))
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(r.status(), 200);
+    let r = client()
+        .post(format!("http://127.0.0.1:{http}/v1/chat/completions"))
+        .body(r#"{"model":"llama","messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await;
+    assert!(p.stdout_shows(&id).await);
+
+    let after = p.metrics().await;
+    assert!(after.contains("switchyard_requests_total{code=\"200\",pool=\"up\",route=\"all\"} 1"));
+    let families = parse_with_prometheus_client(&after);
+    for name in [
+        "switchyard_requests",
+        "switchyard_request_duration_seconds",
+        "switchyard_upstream_connect_failures",
+        "switchyard_retries",
+        "switchyard_backend_healthy",
+        "switchyard_config_reloads",
+        "switchyard_config_last_reload_success_timestamp_seconds",
+        "switchyard_rate_limited",
+        "switchyard_downstream_connections",
+        "switchyard_tls_certificate_expiry_timestamp_seconds",
+        "switchyard_openai_tokens",
+        "switchyard_openai_time_to_first_token_seconds",
+    ] {
+        assert!(
+            families.iter().any(|f| f == name),
+            "{name} not in {families:?}"
+        );
+    }
+
+    // Access log: one JSON object per line, with the id the client saw.
+    let line = p
+        .stdout()
+        .lines()
+        .find(|l| l.contains(&id))
+        .map(str::to_string)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON access log line");
+    assert_eq!(v["request_id"], id.as_str());
+    assert_eq!(v["route"], "all");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["path"], "/x");
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/switchyard.service"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/switchyard", common::bin()),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (apt-get install systemd)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let score: f64 = text
+        .split("Overall exposure level for switchyard.service:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    assert!(score <= 2.0, "exposure {score}");
+}

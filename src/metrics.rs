@@ -108,14 +108,11 @@ pub fn set_backend_healthy(pool: &str, backend: &str, healthy: bool) {
         .set(healthy as i64);
 }
 
-#[cfg(feature = "rustls")]
-pub fn observe_certificates(listener: &str, entries: &[crate::tls::Entry]) {
-    for e in entries {
-        let name = e.names.first().map(String::as_str).unwrap_or("");
-        TLS_EXPIRY
-            .with_label_values(&[listener, name])
-            .set(e.not_after as f64);
-    }
+pub fn observe_certificate(listener: &str, names: &[String], not_after: i64) {
+    let name = names.first().map(String::as_str).unwrap_or("");
+    TLS_EXPIRY
+        .with_label_values(&[listener, name])
+        .set(not_after as f64);
 }
 
 /// The text exposition of every registered metric.

@@ -1,9 +1,8 @@
-//! Listener certificates: loaded from files or made in memory, chosen by SNI, and swapped
-//! on reload without touching open connections.
-//!
-//! rustls asks a [`ResolvesServerCert`] for a key on every handshake, so the store keeps its
-//! certificates behind an `ArcSwap` and a reload is one pointer store.
+//! The rustls side of listener certificates: rustls asks a [`ResolvesServerCert`] for a key on
+//! every handshake, so the store keeps its certificates behind an `ArcSwap` and a reload is
+//! one pointer store.
 
+use super::{describe, pick_index, TlsError};
 use crate::config::ListenerTls;
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -13,25 +12,6 @@ use rustls::sign::CertifiedKey;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {what}")]
-    Pem { path: String, what: String },
-    #[error("certificate {cert} and key {key} do not belong together: {reason}")]
-    Mismatch {
-        cert: String,
-        key: String,
-        reason: String,
-    },
-    #[error("cannot make a self-signed certificate: {0}")]
-    SelfSigned(String),
-}
 
 /// One certificate with the names it answers for and when it expires.
 #[derive(Clone)]
@@ -98,7 +78,7 @@ fn entry(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Entry, String> {
-    let (names, not_after) = describe(&chain[0]);
+    let (names, not_after) = describe(chain[0].as_ref());
     let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| e.to_string())?;
     Ok(Entry {
         names,
@@ -107,52 +87,11 @@ fn entry(
     })
 }
 
-/// The DNS and IP names of a certificate (SANs, else the CN) and its expiry as a Unix time.
-fn describe(cert: &CertificateDer<'_>) -> (Vec<String>, i64) {
-    use x509_parser::prelude::*;
-    let Ok((_, x509)) = X509Certificate::from_der(cert.as_ref()) else {
-        return (Vec::new(), 0);
-    };
-    let mut names = Vec::new();
-    if let Ok(Some(san)) = x509.subject_alternative_name() {
-        for n in &san.value.general_names {
-            match n {
-                GeneralName::DNSName(d) => names.push(d.to_ascii_lowercase()),
-                GeneralName::IPAddress(b) => {
-                    if let Some(ip) = ip_from_bytes(b) {
-                        names.push(ip.to_string());
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    if names.is_empty() {
-        for cn in x509.subject().iter_common_name() {
-            if let Ok(s) = cn.as_str() {
-                names.push(s.to_ascii_lowercase());
-            }
-        }
-    }
-    (names, x509.validity().not_after.timestamp())
-}
-
-fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
-    match b.len() {
-        4 => <[u8; 4]>::try_from(b).ok().map(std::net::IpAddr::from),
-        16 => <[u8; 16]>::try_from(b).ok().map(std::net::IpAddr::from),
-        _ => None,
-    }
-}
-
 /// A certificate for `names`, made now and kept only in memory (for local trials).
 pub fn self_signed(names: &[String]) -> Result<Entry, TlsError> {
-    let ck = rcgen::generate_simple_self_signed(names.to_vec())
-        .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
-    let chain = vec![ck.cert.der().clone()];
-    let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der())
-        .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
-    entry(chain, key).map_err(TlsError::SelfSigned)
+    let (cert, key) = super::self_signed_der(names)?;
+    let key = PrivateKeyDer::try_from(key).map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+    entry(vec![CertificateDer::from(cert)], key).map_err(TlsError::SelfSigned)
 }
 
 /// The certificates of one TLS listener.
@@ -198,7 +137,9 @@ impl CertStore {
             entries.push(load_pair(&cert, &key)?);
         }
         entries.extend(self.generated.iter().cloned());
-        crate::metrics::observe_certificates(&self.listener, &entries);
+        for e in &entries {
+            crate::metrics::observe_certificate(&self.listener, &e.names, e.not_after);
+        }
         self.entries.store(Arc::new(entries));
         Ok(())
     }
@@ -209,28 +150,8 @@ impl CertStore {
 
     fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let entries = self.entries.load();
-        let by_name = sni.and_then(|name| {
-            let name = name.to_ascii_lowercase();
-            entries
-                .iter()
-                .find(|e| e.names.contains(&name))
-                .or_else(|| {
-                    entries
-                        .iter()
-                        .find(|e| e.names.iter().any(|n| wildcard(n, &name)))
-                })
-        });
-        // A client that sends no SNI (or an unknown one) gets the first certificate.
-        by_name.or_else(|| entries.first()).map(|e| e.key.clone())
-    }
-}
-
-fn wildcard(pattern: &str, name: &str) -> bool {
-    match pattern.strip_prefix("*.") {
-        Some(suffix) => name
-            .split_once('.')
-            .is_some_and(|(head, rest)| !head.is_empty() && rest == suffix),
-        None => false,
+        let at = pick_index(entries.iter().map(|e| e.names.as_slice()), sni)?;
+        entries.get(at).map(|e| e.key.clone())
     }
 }
 
@@ -257,13 +178,6 @@ pub fn listener_settings(store: Arc<CertStore>) -> pingora::listeners::tls::TlsS
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wildcard_matches_one_label() {
-        assert!(wildcard("*.example.com", "api.example.com"));
-        assert!(!wildcard("*.example.com", "a.b.example.com"));
-        assert!(!wildcard("*.example.com", "example.com"));
-    }
 
     #[test]
     fn self_signed_has_names() {

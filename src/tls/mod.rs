@@ -1,0 +1,133 @@
+//! Listener certificates: loaded from files or made in memory, chosen by SNI, and swapped on
+//! reload without touching open connections. The TLS library behind it is a cargo feature:
+//! `rustls` (default) or `openssl`; both offer the same `CertStore`, `load_pair` and
+//! `listener_settings`.
+
+#[cfg(feature = "rustls")]
+#[path = "rustls.rs"]
+mod backend;
+
+#[cfg(all(feature = "openssl", not(feature = "rustls")))]
+#[path = "openssl.rs"]
+mod backend;
+
+pub use backend::{listener_settings, load_pair, CertStore, Entry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {what}")]
+    Pem { path: String, what: String },
+    #[error("certificate {cert} and key {key} do not belong together: {reason}")]
+    Mismatch {
+        cert: String,
+        key: String,
+        reason: String,
+    },
+    #[error("cannot make a self-signed certificate: {0}")]
+    SelfSigned(String),
+}
+
+/// The DNS and IP names of a certificate (SANs, else the CN) and its expiry as a Unix time.
+pub(crate) fn describe(der: &[u8]) -> (Vec<String>, i64) {
+    use x509_parser::prelude::*;
+    let Ok((_, x509)) = X509Certificate::from_der(der) else {
+        return (Vec::new(), 0);
+    };
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = x509.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.push(d.to_ascii_lowercase()),
+                GeneralName::IPAddress(b) => {
+                    if let Some(ip) = ip_from_bytes(b) {
+                        names.push(ip.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if names.is_empty() {
+        for cn in x509.subject().iter_common_name() {
+            if let Ok(s) = cn.as_str() {
+                names.push(s.to_ascii_lowercase());
+            }
+        }
+    }
+    (names, x509.validity().not_after.timestamp())
+}
+
+fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
+    match b.len() {
+        4 => <[u8; 4]>::try_from(b).ok().map(std::net::IpAddr::from),
+        16 => <[u8; 16]>::try_from(b).ok().map(std::net::IpAddr::from),
+        _ => None,
+    }
+}
+
+/// A self-signed certificate for `names`: (certificate DER, PKCS#8 key DER).
+pub(crate) fn self_signed_der(names: &[String]) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+    let ck = rcgen::generate_simple_self_signed(names.to_vec())
+        .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+    Ok((ck.cert.der().to_vec(), ck.signing_key.serialize_der()))
+}
+
+fn wildcard(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => name
+            .split_once('.')
+            .is_some_and(|(head, rest)| !head.is_empty() && rest == suffix),
+        None => false,
+    }
+}
+
+/// Which certificate (by index) answers `sni`: an exact name, then a wildcard; a client that
+/// sends no SNI, or an unknown one, gets the first.
+pub(crate) fn pick_index<'a>(
+    names: impl Iterator<Item = &'a [String]> + Clone,
+    sni: Option<&str>,
+) -> Option<usize> {
+    let first = names.clone().next().map(|_| 0);
+    let Some(sni) = sni else { return first };
+    let sni = sni.to_ascii_lowercase();
+    names
+        .clone()
+        .position(|n| n.contains(&sni))
+        .or_else(|| {
+            names
+                .clone()
+                .position(|n| n.iter().any(|p| wildcard(p, &sni)))
+        })
+        .or(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_matches_one_label() {
+        assert!(wildcard("*.example.com", "api.example.com"));
+        assert!(!wildcard("*.example.com", "a.b.example.com"));
+        assert!(!wildcard("*.example.com", "example.com"));
+    }
+
+    #[test]
+    fn picks_exact_then_wildcard_then_first() {
+        let certs = [
+            vec!["a.test".to_string()],
+            vec!["*.b.test".to_string()],
+            vec!["c.test".to_string()],
+        ];
+        let names = || certs.iter().map(|v| v.as_slice());
+        assert_eq!(pick_index(names(), Some("c.test")), Some(2));
+        assert_eq!(pick_index(names(), Some("x.b.test")), Some(1));
+        assert_eq!(pick_index(names(), Some("other")), Some(0));
+        assert_eq!(pick_index(names(), None), Some(0));
+    }
+}

@@ -97,6 +97,30 @@ async fn every_protected_endpoint_needs_the_key() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200, "X-API-Key works too");
+    // metrics_require_key closes /metrics too.
+    let closed = format!(
+        "{}  metrics_require_key: true\n{}",
+        Proxy::prelude(p.dir.path(), p.admin),
+        pool_config(port, &[&a])
+    );
+    let r = p
+        .admin_req(Method::PUT, "/config")
+        .body(closed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        client()
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let r = p.admin_req(Method::GET, "/metrics").send().await.unwrap();
+    assert_eq!(r.status(), 200);
     let r = p.admin_req(Method::GET, "/nope").send().await.unwrap();
     assert_eq!(r.status(), 404);
     let r = p.admin_req(Method::DELETE, "/config").send().await.unwrap();

@@ -328,10 +328,11 @@ async fn slow_heads_are_cut_and_do_not_starve_others() {
         slow.push(s);
     }
     let gauge = "switchyard_downstream_connections{listener=\"http\"}";
-    assert!(
-        p.metric(gauge).await.unwrap_or(0.0) >= 300.0,
-        "open connections are counted"
-    );
+    let counted = common::wait_until(Duration::from_secs(3), || async {
+        p.metric(gauge).await.unwrap_or(0.0) >= 300.0
+    })
+    .await;
+    assert!(counted, "open connections are counted");
     let dribble = tokio::spawn(async move {
         let started = std::time::Instant::now();
         let mut closed = 0;

@@ -598,3 +598,29 @@ routes:
     assert_eq!(r.status(), 503);
     assert_eq!(first.hits() + second.hits(), before + 1, "not replayed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_goes_away_cancels_the_generation() {
+    let a = MockOpenAi::start("a", &["llama"]).await;
+    let g = gateway(&backends(&[(&a, ", models: [llama]")]), "", None).await;
+    a.knobs.hold_streams.store(true, Ordering::SeqCst);
+    let body = json!({"model": "llama", "stream": true, "messages": []});
+    let r = g
+        .post("/v1/chat/completions")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut events = r.bytes_stream();
+    let _first = events.next().await.unwrap().unwrap();
+    assert_eq!(a.knobs.inflight.load(Ordering::SeqCst), 1);
+    drop(events);
+    let cancelled = wait_until(Duration::from_secs(5), || async {
+        a.knobs.inflight.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    assert!(
+        cancelled,
+        "the backend still generates for a client that left"
+    );
+}

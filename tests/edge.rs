@@ -385,3 +385,29 @@ async fn slow_heads_are_cut_and_do_not_starve_others() {
     let cut = tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf)).await;
     assert!(matches!(cut, Ok(Ok(0)) | Ok(Err(_))), "{cut:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keep_alive_connections_are_closed() {
+    let up = Upstream::start("up").await;
+    let port = free_port();
+    let _p = Proxy::start(&policies(port, &up, "  keepalive_timeout: 1s", "")).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue, // the rest of the first answer
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle keep-alive connection stayed open");
+}

@@ -56,3 +56,53 @@ routes:
         other => panic!("the idle WebSocket was not closed: {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_removes_the_backend_never_leaves_a_websocket_hanging() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let port = free_port();
+    let config = |backends: &str| {
+        format!(
+            r#"
+listeners:
+  - {{name: http, listen: "127.0.0.1:{port}"}}
+pools:
+  ws: {{health_check: {{kind: none}}, backends: [{backends}]}}
+routes:
+  - {{name: ws, match: {{path_prefix: /ws}}, pool: ws}}
+"#
+        )
+    };
+    let both = format!("{{address: \"{}\"}}, {{address: \"{}\"}}", a.addr, b.addr);
+    let p = Proxy::start(&config(&both)).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+        .await
+        .unwrap();
+    ws.send(Message::text("x")).await.unwrap();
+    let reply = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    let (home, other) = if reply.as_str() == "a: x" {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    p.reload_to(&config(&format!("{{address: \"{}\"}}", other.addr)))
+        .await;
+    // The open connection either keeps working until it ends, or is closed; it never hangs.
+    ws.send(Message::text("after")).await.ok();
+    let next = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("no answer and no close: the WebSocket hangs");
+    match next {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), format!("{}: after", home.name)),
+        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    // New connections go to the remaining backend.
+    let (mut fresh, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+        .await
+        .unwrap();
+    fresh.send(Message::text("y")).await.unwrap();
+    let reply = fresh.next().await.unwrap().unwrap().into_text().unwrap();
+    assert_eq!(reply.as_str(), format!("{}: y", other.name));
+}

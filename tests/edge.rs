@@ -411,3 +411,34 @@ async fn idle_keep_alive_connections_are_closed() {
     .await;
     assert!(closed.is_ok(), "an idle keep-alive connection stayed open");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_trickles_past_the_body_timeout_is_cut() {
+    let up = Upstream::start("up").await;
+    let port = free_port();
+    let _p = Proxy::start(&policies(port, &up, "  body_timeout: 1s", "")).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            if wr.write_all(&[b'z'; 10]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(6), rd.read(&mut buf))
+        .await
+        .expect("cut in time")
+        .unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "got {head:?}");
+    trickle.abort();
+    assert_eq!(up.hits(), 0, "the backend never got the whole body");
+}

@@ -488,6 +488,9 @@ pub struct EdgeConfig {
     pub header_timeout: Dur,
     #[serde(default = "d::keepalive_timeout")]
     pub keepalive_timeout: Dur,
+    /// A request body must arrive whole within this, counted from the end of its head.
+    #[serde(default = "d::body_timeout")]
+    pub body_timeout: Dur,
 }
 
 impl Default for EdgeConfig {
@@ -500,6 +503,7 @@ impl Default for EdgeConfig {
             access_log: AccessLogConfig::default(),
             header_timeout: d::header_timeout(),
             keepalive_timeout: d::keepalive_timeout(),
+            body_timeout: d::body_timeout(),
         }
     }
 }
@@ -627,6 +631,9 @@ mod d {
     }
     pub fn header_timeout() -> Dur {
         Dur::secs(10)
+    }
+    pub fn body_timeout() -> Dur {
+        Dur::secs(60)
     }
     pub fn keepalive_timeout() -> Dur {
         Dur::secs(60)

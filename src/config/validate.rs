@@ -569,6 +569,9 @@ impl Validator {
         if e.header_timeout.get().is_zero() {
             self.err("edge.header_timeout", "must be more than 0");
         }
+        if e.body_timeout.get().is_zero() {
+            self.err("edge.body_timeout", "must be more than 0");
+        }
         if e.access_log.format != "json" {
             self.err("edge.access_log.format", "only json is known");
         }

@@ -47,9 +47,16 @@ impl Edge {
             return Ok(None);
         }
         let limit = route.config.max_body.0;
-        let body = match body::pre_read(session, limit).await? {
+        let deadline = ctx
+            .body_deadline
+            .unwrap_or_else(|| ctx.started + std::time::Duration::from_secs(60));
+        let body = match body::pre_read(session, limit, deadline.into()).await? {
             PreRead::Body(b) => b,
             PreRead::TooLarge => return self.refuse_body(session, ctx, limit).await.map(Some),
+            PreRead::TooSlow => {
+                let msg = text(408, "request body too slow");
+                return self.local(session, ctx, 408, msg, false).await.map(Some);
+            }
             PreRead::Unreplayable(b) if !session.is_http2() => {
                 let model = openai::model_of(&b).ok();
                 body::refeed_h1(session, b).await?;

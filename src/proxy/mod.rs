@@ -74,6 +74,8 @@ pub struct Ctx {
     first_byte: bool,
     /// The request's `Origin`, when the route's CORS allows it.
     cors_origin: Option<http::HeaderValue>,
+    /// When the request body must be complete (`edge.body_timeout`).
+    body_deadline: Option<Instant>,
 }
 
 impl Ctx {
@@ -304,6 +306,7 @@ impl ProxyHttp for Edge {
             usage: None,
             first_byte: false,
             cors_origin: None,
+            body_deadline: None,
         }
     }
 
@@ -330,6 +333,7 @@ impl ProxyHttp for Edge {
             .map(|a| a.ip().to_canonical());
         ctx.client_ip = client_ip::resolve(ctx.peer_ip, &req.headers, &snap.edge.trusted_proxies);
         ctx.host = host_of(req).to_string();
+        ctx.body_deadline = Some(ctx.started + snap.edge.body_timeout);
 
         if !acl::permits(ctx.client_ip, &snap.edge.allow, &snap.edge.deny) {
             return self
@@ -447,6 +451,9 @@ impl ProxyHttp for Edge {
             if let Some(idle) = route.config.timeouts.websocket_idle {
                 session.set_read_timeout(Some(idle.get()));
             }
+        } else if let Some(snap) = &ctx.snapshot {
+            // A body that stalls is cut after this; one that trickles, at its deadline.
+            session.set_read_timeout(Some(snap.edge.body_timeout));
         }
         ctx.deadline = route.config.timeouts.total.map(|t| ctx.started + t.get());
         Ok(false)
@@ -619,6 +626,12 @@ impl ProxyHttp for Edge {
             replay.apply(body, end_of_stream);
             return Ok(());
         }
+        if !ctx.upgrade && !end_of_stream && ctx.body_deadline.is_some_and(|d| Instant::now() > d) {
+            return Error::e_explain(
+                HTTPStatus(408),
+                "edge.body_timeout: the body came too slowly",
+            );
+        }
         if let Some(held) = ctx.held.as_mut() {
             match held.push(body.take(), end_of_stream) {
                 Ok(out) => *body = out,
@@ -724,6 +737,7 @@ impl ProxyHttp for Edge {
             503 if ctx.all_full => "every backend is busy, retry later",
             503 => "no healthy backend",
             504 => "upstream timed out",
+            408 => "request body too slow",
             502 => "bad gateway",
             _ if ctx.retrying_status == Some(code) => "every backend answered an error",
             _ => "error",

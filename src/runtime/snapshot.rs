@@ -18,6 +18,7 @@ pub struct EdgePolicy {
     pub access_log: bool,
     pub keepalive_timeout: Duration,
     pub header_timeout: Duration,
+    pub body_timeout: Duration,
 }
 
 pub struct Snapshot {
@@ -56,6 +57,7 @@ impl Snapshot {
             access_log: c.edge.access_log.enabled,
             keepalive_timeout: c.edge.keepalive_timeout.get(),
             header_timeout: c.edge.header_timeout.get(),
+            body_timeout: c.edge.body_timeout.get(),
         };
         crate::metrics::prepare_routes(c);
         Snapshot {

@@ -68,6 +68,8 @@ pub enum PreRead {
     TooLarge,
     /// Larger than Pingora can replay, and without a `Content-Length` to plan for it.
     Unreplayable(Bytes),
+    /// Not complete by the body deadline.
+    TooSlow,
 }
 
 /// Reads the whole request body (at most `limit` bytes) so that the route can look into it.
@@ -79,6 +81,7 @@ pub enum PreRead {
 pub async fn pre_read(
     session: &mut pingora::proxy::Session,
     limit: u64,
+    deadline: tokio::time::Instant,
 ) -> pingora::Result<PreRead> {
     let declared = session
         .req_header()
@@ -98,7 +101,10 @@ pub async fn pre_read(
                 armed = true;
             }
         }
-        match session.read_request_body().await? {
+        let Ok(read) = tokio::time::timeout_at(deadline, session.read_request_body()).await else {
+            return Ok(PreRead::TooSlow);
+        };
+        match read? {
             Some(chunk) => {
                 buf.extend_from_slice(&chunk);
                 if buf.len() as u64 > limit {

@@ -1,7 +1,6 @@
 //! Every Prometheus metric switchyard exports (SPEC §7), registered in the default registry
 //! that `pingora_prometheus` re-exports. Label values come from the config only.
 
-use crate::config::Config;
 use pingora_prometheus::prometheus::{
     self, register_gauge, register_gauge_vec, register_histogram_vec, register_int_counter_vec,
     register_int_gauge_vec, Encoder, Gauge, GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec,
@@ -64,6 +63,45 @@ metric!(TLS_EXPIRY: GaugeVec = register_gauge_vec!(
 
 pub const RELOAD_SOURCES: &[&str] = &["startup", "file", "signal", "admin"];
 
+/// Status codes whose `requests_total` handle a route keeps, so the common case costs no
+/// label lookup.
+const CACHED_CODES: [u16; 10] = [200, 201, 204, 206, 304, 400, 404, 429, 502, 503];
+
+/// A route's metric handles, resolved once when the snapshot is built.
+pub struct RouteMetrics {
+    route: String,
+    pool: String,
+    duration: pingora_prometheus::prometheus::Histogram,
+    codes: [std::sync::OnceLock<pingora_prometheus::prometheus::IntCounter>; CACHED_CODES.len()],
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str, pool: Option<&str>) -> Self {
+        RETRIES.with_label_values(&[route]);
+        RATE_LIMITED.with_label_values(&[route]);
+        RouteMetrics {
+            route: route.to_string(),
+            pool: pool.unwrap_or("none").to_string(),
+            duration: REQUEST_DURATION.with_label_values(&[route]),
+            codes: Default::default(),
+        }
+    }
+
+    /// One answered request.
+    pub fn observe(&self, code: u16, seconds: f64) {
+        self.duration.observe(seconds);
+        match CACHED_CODES.iter().position(|c| *c == code) {
+            Some(i) => self.codes[i].get_or_init(|| self.counter(code)).inc(),
+            None => self.counter(code).inc(),
+        }
+    }
+
+    fn counter(&self, code: u16) -> pingora_prometheus::prometheus::IntCounter {
+        let mut buf = itoa::Buffer::new();
+        REQUESTS.with_label_values(&[self.route.as_str(), self.pool.as_str(), buf.format(code)])
+    }
+}
+
 /// Creates the series that must exist before anything happens.
 pub fn init() {
     for source in RELOAD_SOURCES {
@@ -72,15 +110,6 @@ pub fn init() {
         }
     }
     LazyLock::force(&LAST_RELOAD_OK);
-}
-
-/// Creates the per-route series of a config, so dashboards see them before traffic.
-pub fn prepare_routes(c: &Config) {
-    for r in &c.routes {
-        REQUEST_DURATION.with_label_values(&[r.name.as_str()]);
-        RETRIES.with_label_values(&[r.name.as_str()]);
-        RATE_LIMITED.with_label_values(&[r.name.as_str()]);
-    }
 }
 
 pub fn reload(source: &str, ok: bool) {

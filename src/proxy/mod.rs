@@ -783,18 +783,14 @@ impl ProxyHttp for Edge {
         let route = ctx.route.as_ref().map(|r| r.name.as_str());
         let pool = ctx.pool_name();
         let elapsed = ctx.started.elapsed();
-        let mut code_buf = itoa::Buffer::new();
-        metrics::REQUESTS
-            .with_label_values(&[
-                route.unwrap_or("none"),
-                pool.unwrap_or("none"),
-                code_buf.format(status),
-            ])
-            .inc();
-        if let Some(r) = route {
-            metrics::REQUEST_DURATION
-                .with_label_values(&[r])
-                .observe(elapsed.as_secs_f64());
+        match &ctx.route {
+            Some(r) => r.metrics.observe(status, elapsed.as_secs_f64()),
+            None => {
+                let mut code = itoa::Buffer::new();
+                metrics::REQUESTS
+                    .with_label_values(&["none", "none", code.format(status)])
+                    .inc();
+            }
         }
         let log_on = ctx.snapshot.as_ref().is_none_or(|s| s.edge.access_log);
         if !log_on {

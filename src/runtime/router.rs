@@ -99,6 +99,7 @@ pub struct Route {
     /// survive reloads.
     pub rate: Option<Arc<Limiter>>,
     pub cors: Option<Cors>,
+    pub metrics: crate::metrics::RouteMetrics,
     pub target: Target,
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
@@ -159,6 +160,7 @@ impl Route {
                     .unwrap_or_else(|| Arc::new(Limiter::new(rl)))
             }),
             cors: config.cors.as_ref().map(Cors::new),
+            metrics: crate::metrics::RouteMetrics::new(&config.name, config.pool.as_deref()),
             target,
             allow: cidrs(&config.allow),
             deny: cidrs(&config.deny),

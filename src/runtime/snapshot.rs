@@ -59,7 +59,7 @@ impl Snapshot {
             header_timeout: c.edge.header_timeout.get(),
             body_timeout: c.edge.body_timeout.get(),
         };
-        crate::metrics::prepare_routes(c);
+
         Snapshot {
             router: Router::new(routes),
             pools,

@@ -1,4 +1,10 @@
 use clap::Parser;
+
+/// mimalloc instead of glibc's malloc: the proxy allocates and frees small buffers on every
+/// request, and a profile showed ~10 % of its CPU in glibc's allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Read;
 use std::process::ExitCode;
 use switchyard::cli::{Cli, Command};

@@ -44,7 +44,7 @@ pub struct ServerSettings {
     /// Idle upstream connections kept per process for reuse.
     #[serde(default = "d::keepalive_pool")]
     pub upstream_keepalive_pool_size: usize,
-        /// Let idle worker threads take tasks from busy ones. Off by default: each worker runs
+    /// Let idle worker threads take tasks from busy ones. Off by default: each worker runs
     /// its own connections, like nginx's workers, which measured ~7 % less CPU per request.
     #[serde(default)]
     pub work_stealing: bool,
@@ -58,7 +58,7 @@ impl Default for ServerSettings {
             upgrade_sock: d::upgrade_sock(),
             grace_period_seconds: d::grace_period(),
             graceful_shutdown_timeout_seconds: d::graceful_shutdown_timeout(),
-                        upstream_keepalive_pool_size: d::keepalive_pool(),
+            upstream_keepalive_pool_size: d::keepalive_pool(),
             work_stealing: false,
         }
     }

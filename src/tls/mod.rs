@@ -13,6 +13,85 @@ mod backend;
 
 pub use backend::{listener_settings, load_pair, CertStore, Entry};
 
+use crate::config::ListenerTls;
+use arc_swap::ArcSwap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// What a TLS backend's certificate type offers the store.
+pub trait Certificate: Clone + Send + Sync + 'static {
+    fn load(cert: &Path, key: &Path) -> Result<Self, TlsError>;
+    fn self_signed(names: &[String]) -> Result<Self, TlsError>;
+    fn names(&self) -> &[String];
+    fn not_after(&self) -> i64;
+}
+
+/// The certificates of one TLS listener, swapped whole on reload.
+pub struct Store<E> {
+    listener: String,
+    entries: ArcSwap<Vec<E>>,
+    /// Self-signed certificates are made once at start and survive reloads.
+    generated: Vec<E>,
+}
+
+impl<E> std::fmt::Debug for Store<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("listener", &self.listener)
+            .finish()
+    }
+}
+
+impl<E: Certificate> Store<E> {
+    pub fn new(listener: &str, tls: &ListenerTls, base: Option<&Path>) -> Result<Self, TlsError> {
+        let generated = if tls.self_signed.is_empty() {
+            Vec::new()
+        } else {
+            vec![E::self_signed(&tls.self_signed)?]
+        };
+        let store = Store {
+            listener: listener.to_string(),
+            entries: ArcSwap::from_pointee(Vec::new()),
+            generated,
+        };
+        store.reload(tls, base)?;
+        Ok(store)
+    }
+
+    pub fn listener(&self) -> &str {
+        &self.listener
+    }
+
+    /// Re-reads every certificate file; on any error the current certificates stay.
+    pub fn reload(&self, tls: &ListenerTls, base: Option<&Path>) -> Result<(), TlsError> {
+        let mut entries = Vec::with_capacity(tls.certificates.len() + self.generated.len());
+        for pair in &tls.certificates {
+            let (cert, key) = match base {
+                Some(b) => (b.join(&pair.cert), b.join(&pair.key)),
+                None => (pair.cert.clone().into(), pair.key.clone().into()),
+            };
+            entries.push(E::load(&cert, &key)?);
+        }
+        entries.extend(self.generated.iter().cloned());
+        for e in &entries {
+            crate::metrics::observe_certificate(&self.listener, e.names(), e.not_after());
+        }
+        self.entries.store(Arc::new(entries));
+        Ok(())
+    }
+
+    pub fn entries(&self) -> Arc<Vec<E>> {
+        self.entries.load_full()
+    }
+
+    /// The certificate for `sni` (see [`pick_index`]).
+    pub fn pick(&self, sni: Option<&str>) -> Option<E> {
+        let entries = self.entries.load();
+        let at = pick_index(entries.iter().map(|e| e.names()), sni)?;
+        entries.get(at).cloned()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {path}: {source}")]

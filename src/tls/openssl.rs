@@ -2,9 +2,9 @@
 //! [`TlsAccept::certificate_callback`] during every handshake, which picks the certificate by
 //! SNI from a store behind an `ArcSwap`, so a reload is one pointer store.
 
-use super::{describe, pick_index, TlsError};
-use crate::config::ListenerTls;
-use arc_swap::ArcSwap;
+use super::{describe, TlsError};
+
+pub type CertStore = super::Store<Entry>;
 use async_trait::async_trait;
 use pingora::listeners::TlsAccept;
 use pingora::protocols::tls::TlsRef;
@@ -12,7 +12,6 @@ use pingora::tls::ext;
 use pingora::tls::pkey::{PKey, Private};
 use pingora::tls::ssl::NameType;
 use pingora::tls::x509::X509;
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -73,53 +72,21 @@ fn self_signed(names: &[String]) -> Result<Entry, TlsError> {
     entry(chain, key).map_err(TlsError::SelfSigned)
 }
 
-/// The certificates of one TLS listener.
-pub struct CertStore {
-    listener: String,
-    entries: ArcSwap<Vec<Entry>>,
-    generated: Vec<Entry>,
-}
-
-impl fmt::Debug for CertStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertStore")
-            .field("listener", &self.listener)
-            .finish()
-    }
-}
-
-impl CertStore {
-    pub fn new(listener: &str, tls: &ListenerTls, base: Option<&Path>) -> Result<Self, TlsError> {
-        let generated = if tls.self_signed.is_empty() {
-            Vec::new()
-        } else {
-            vec![self_signed(&tls.self_signed)?]
-        };
-        let store = CertStore {
-            listener: listener.to_string(),
-            entries: ArcSwap::from_pointee(Vec::new()),
-            generated,
-        };
-        store.reload(tls, base)?;
-        Ok(store)
+impl super::Certificate for Entry {
+    fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        load_pair(cert, key)
     }
 
-    /// Re-reads every certificate file; on any error the current certificates stay.
-    pub fn reload(&self, tls: &ListenerTls, base: Option<&Path>) -> Result<(), TlsError> {
-        let mut entries = Vec::with_capacity(tls.certificates.len() + self.generated.len());
-        for pair in &tls.certificates {
-            let (cert, key) = match base {
-                Some(b) => (b.join(&pair.cert), b.join(&pair.key)),
-                None => (pair.cert.clone().into(), pair.key.clone().into()),
-            };
-            entries.push(load_pair(&cert, &key)?);
-        }
-        entries.extend(self.generated.iter().cloned());
-        for e in &entries {
-            crate::metrics::observe_certificate(&self.listener, &e.names, e.not_after);
-        }
-        self.entries.store(Arc::new(entries));
-        Ok(())
+    fn self_signed(names: &[String]) -> Result<Self, TlsError> {
+        self_signed(names)
+    }
+
+    fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    fn not_after(&self) -> i64 {
+        self.not_after
     }
 }
 
@@ -128,11 +95,8 @@ struct Callbacks(Arc<CertStore>);
 #[async_trait]
 impl TlsAccept for Callbacks {
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
-        let entries = self.0.entries.load();
         let sni = ssl.servername(NameType::HOST_NAME).map(str::to_string);
-        let Some(e) = pick_index(entries.iter().map(|e| e.names.as_slice()), sni.as_deref())
-            .and_then(|i| entries.get(i))
-        else {
+        let Some(e) = self.0.pick(sni.as_deref()) else {
             return;
         };
         let mut ok = ext::ssl_use_certificate(ssl, &e.chain[0]).is_ok()

@@ -2,9 +2,9 @@
 //! every handshake, so the store keeps its certificates behind an `ArcSwap` and a reload is
 //! one pointer store.
 
-use super::{describe, pick_index, TlsError};
-use crate::config::ListenerTls;
-use arc_swap::ArcSwap;
+use super::{describe, TlsError};
+
+pub type CertStore = super::Store<Entry>;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -94,64 +94,21 @@ pub fn self_signed(names: &[String]) -> Result<Entry, TlsError> {
     entry(vec![CertificateDer::from(cert)], key).map_err(TlsError::SelfSigned)
 }
 
-/// The certificates of one TLS listener.
-pub struct CertStore {
-    listener: String,
-    entries: ArcSwap<Vec<Entry>>,
-    /// Self-signed certificates are made once at start and survive reloads.
-    generated: Vec<Entry>,
-}
-
-impl fmt::Debug for CertStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertStore")
-            .field("listener", &self.listener)
-            .finish()
-    }
-}
-
-impl CertStore {
-    pub fn new(listener: &str, tls: &ListenerTls, base: Option<&Path>) -> Result<Self, TlsError> {
-        let generated = if tls.self_signed.is_empty() {
-            Vec::new()
-        } else {
-            vec![self_signed(&tls.self_signed)?]
-        };
-        let store = CertStore {
-            listener: listener.to_string(),
-            entries: ArcSwap::from_pointee(Vec::new()),
-            generated,
-        };
-        store.reload(tls, base)?;
-        Ok(store)
+impl super::Certificate for Entry {
+    fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        load_pair(cert, key)
     }
 
-    /// Re-reads every certificate file; on any error the current certificates stay.
-    pub fn reload(&self, tls: &ListenerTls, base: Option<&Path>) -> Result<(), TlsError> {
-        let mut entries = Vec::with_capacity(tls.certificates.len() + self.generated.len());
-        for pair in &tls.certificates {
-            let (cert, key) = match base {
-                Some(b) => (b.join(&pair.cert), b.join(&pair.key)),
-                None => (pair.cert.clone().into(), pair.key.clone().into()),
-            };
-            entries.push(load_pair(&cert, &key)?);
-        }
-        entries.extend(self.generated.iter().cloned());
-        for e in &entries {
-            crate::metrics::observe_certificate(&self.listener, &e.names, e.not_after);
-        }
-        self.entries.store(Arc::new(entries));
-        Ok(())
+    fn self_signed(names: &[String]) -> Result<Self, TlsError> {
+        self_signed(names)
     }
 
-    pub fn entries(&self) -> Arc<Vec<Entry>> {
-        self.entries.load_full()
+    fn names(&self) -> &[String] {
+        &self.names
     }
 
-    fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let entries = self.entries.load();
-        let at = pick_index(entries.iter().map(|e| e.names.as_slice()), sni)?;
-        entries.get(at).map(|e| e.key.clone())
+    fn not_after(&self) -> i64 {
+        self.not_after
     }
 }
 
@@ -161,7 +118,7 @@ pub struct Resolver(pub Arc<CertStore>);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.pick(hello.server_name())
+        self.0.pick(hello.server_name()).map(|e| e.key)
     }
 }
 

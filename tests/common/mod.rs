@@ -146,6 +146,29 @@ impl Proxy {
         })
         .await;
         assert!(ready, "switchyard did not become ready:\n{}", self.stderr());
+        // Pingora binds each service's sockets as that service starts: wait for every
+        // listener of the config, not only the admin one.
+        for addr in self.listen_addresses() {
+            let bound = wait_until(Duration::from_secs(10), || async {
+                tokio::net::TcpStream::connect(addr).await.is_ok()
+            })
+            .await;
+            assert!(bound, "listener {addr} never accepted:\n{}", self.stderr());
+        }
+    }
+
+    /// Every `listen:` address of the current config file.
+    fn listen_addresses(&self) -> Vec<SocketAddr> {
+        let text = std::fs::read_to_string(self.config_path()).unwrap_or_default();
+        text.split("listen:")
+            .skip(1)
+            .filter_map(|rest| {
+                let value = rest.trim_start().trim_start_matches('"');
+                let end =
+                    value.find(|c: char| c == '"' || c == '}' || c == ',' || c.is_whitespace())?;
+                value[..end].parse().ok()
+            })
+            .collect()
     }
 
     pub fn pid(&self) -> u32 {

@@ -73,6 +73,15 @@ async fn graceful_upgrade_hands_sockets_over_without_failures() {
         }));
     }
 
+    // A stream that started on the old process must finish there.
+    let stream = tokio::spawn(async move {
+        let r = client()
+            .get(format!("http://127.0.0.1:{port}/stream?n=30&ms=100"))
+            .send()
+            .await
+            .unwrap();
+        r.text().await.unwrap_or_default()
+    });
     let mut new = p.spawn_process("new.", &["-u"]);
     let sock = p.dir.path().join("upgrade.sock");
     assert!(
@@ -109,6 +118,11 @@ async fn graceful_upgrade_hands_sockets_over_without_failures() {
         failed.load(Ordering::SeqCst),
         0,
         "requests failed during the upgrade"
+    );
+    let events = stream.await.unwrap();
+    assert!(
+        events.contains("data: 29\n"),
+        "the stream on the old process was cut: {events}"
     );
     assert!(ok.load(Ordering::SeqCst) > 0);
     let _ = new.kill();

@@ -129,6 +129,34 @@ routes:
     assert_eq!(v["route"], "all");
     assert_eq!(v["status"], 200);
     assert_eq!(v["path"], "/x");
+    assert!(v["upstream_ms"].as_f64().is_some(), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_fields_can_be_picked() {
+    let up = Upstream::start("up").await;
+    let port = free_port();
+    let p = Proxy::start(&format!(
+        "{}edge:\n  access_log: {{enabled: true, fields: [request_id, status]}}\n",
+        common::one_pool(port, up.addr, "")
+    ))
+    .await;
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(p.stdout_shows(&id).await);
+    let line = p
+        .stdout()
+        .lines()
+        .find(|l| l.contains(&id))
+        .map(str::to_string)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["request_id", "status"], "{line}");
 }
 
 #[test]

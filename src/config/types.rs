@@ -516,6 +516,9 @@ pub struct AccessLogConfig {
     pub enabled: bool,
     #[serde(default = "d::log_format")]
     pub format: String,
+    /// Only these fields in each line (empty = all of them).
+    #[serde(default)]
+    pub fields: Vec<String>,
 }
 
 impl Default for AccessLogConfig {
@@ -523,6 +526,7 @@ impl Default for AccessLogConfig {
         AccessLogConfig {
             enabled: true,
             format: d::log_format(),
+            fields: Vec::new(),
         }
     }
 }

@@ -575,6 +575,15 @@ impl Validator {
         if e.access_log.format != "json" {
             self.err("edge.access_log.format", "only json is known");
         }
+        for (i, f) in e.access_log.fields.iter().enumerate() {
+            if !crate::proxy::access_log::FIELDS.contains(&f.as_str()) {
+                let known = crate::proxy::access_log::FIELDS.join(", ");
+                self.err(
+                    format!("edge.access_log.fields[{i}]"),
+                    format!("unknown field {f:?}; known: {known}"),
+                );
+            }
+        }
     }
 }
 

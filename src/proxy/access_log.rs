@@ -19,12 +19,46 @@ pub struct Line<'a> {
     pub bytes_in: usize,
     pub bytes_out: usize,
     pub duration_ms: f64,
+    /// From the request sent upstream to the backend's answer head (last attempt).
+    pub upstream_ms: Option<f64>,
     pub tries: u32,
     pub error: Option<String>,
 }
 
-pub fn write(line: &Line<'_>) {
-    let Ok(mut text) = serde_json::to_vec(line) else {
+/// Every field a line can carry, for `edge.access_log.fields`.
+pub const FIELDS: &[&str] = &[
+    "time",
+    "request_id",
+    "listener",
+    "client_ip",
+    "method",
+    "host",
+    "path",
+    "route",
+    "pool",
+    "backend",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "duration_ms",
+    "upstream_ms",
+    "tries",
+    "error",
+];
+
+/// Writes `line`, with only `fields` when that list is not empty.
+pub fn write(line: &Line<'_>, fields: &[String]) {
+    let encoded = if fields.is_empty() {
+        serde_json::to_vec(line)
+    } else {
+        serde_json::to_value(line).and_then(|mut v| {
+            if let Some(map) = v.as_object_mut() {
+                map.retain(|k, _| fields.iter().any(|f| f == k));
+            }
+            serde_json::to_vec(&v)
+        })
+    };
+    let Ok(mut text) = encoded else {
         return;
     };
     text.push(b'\n');

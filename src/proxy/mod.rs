@@ -76,6 +76,9 @@ pub struct Ctx {
     cors_origin: Option<http::HeaderValue>,
     /// When the request body must be complete (`edge.body_timeout`).
     body_deadline: Option<Instant>,
+    /// When the last attempt was handed to a backend, and how long its answer head took.
+    upstream_started: Option<Instant>,
+    upstream_ms: Option<f64>,
 }
 
 impl Ctx {
@@ -307,6 +310,8 @@ impl ProxyHttp for Edge {
             first_byte: false,
             cors_origin: None,
             body_deadline: None,
+            upstream_started: None,
+            upstream_ms: None,
         }
     }
 
@@ -517,6 +522,7 @@ impl ProxyHttp for Edge {
         };
         let peer = pool.peer(&member, read);
         ctx.inflight = Some(InflightGuard::new(&member.stats));
+        ctx.upstream_started = Some(Instant::now());
         ctx.backend = Some(member);
         Ok(Box::new(peer))
     }
@@ -653,6 +659,9 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let status = resp.status.as_u16();
+        ctx.upstream_ms = ctx
+            .upstream_started
+            .map(|t| t.elapsed().as_secs_f64() * 1000.0);
         let (Some(route), Some(member)) = (ctx.route.clone(), ctx.backend.clone()) else {
             return Ok(());
         };
@@ -797,7 +806,7 @@ impl ProxyHttp for Edge {
             return;
         }
         let req = session.req_header();
-        access_log::write(&access_log::Line {
+        let line = access_log::Line {
             time: access_log::now_rfc3339(),
             request_id: &ctx.request_id,
             listener: &self.listener.name,
@@ -812,9 +821,15 @@ impl ProxyHttp for Edge {
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_ms: ctx.upstream_ms,
             tries: ctx.tries,
             error: e.map(|e| e.etype().as_str().to_string()),
-        });
+        };
+        let fields = ctx
+            .snapshot
+            .as_ref()
+            .map(|s| s.edge.access_log_fields.as_slice());
+        access_log::write(&line, fields.unwrap_or_default());
     }
 }
 

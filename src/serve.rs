@@ -12,6 +12,7 @@ use crate::tcp::{AcceptFilter, TcpProxy};
 use crate::tls::CertStore;
 use anyhow::{Context, Result};
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::prelude::{background_service, Opt};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -19,6 +20,10 @@ use pingora::services::listening::Service;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+
+/// Read buffer of a plaintext client connection (TLS ones keep Pingora's 64 KiB: TLS reads
+/// whole 16 KiB records).
+const PLAIN_READ_BUFFER: usize = 4096;
 
 pub struct RunOptions {
     pub config: PathBuf,
@@ -109,7 +114,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
             Some(store) => {
                 svc.add_tls_with_settings(&l.listen, None, crate::tls::listener_settings(store))
             }
-            None => svc.add_tcp(&l.listen),
+            // Pingora gives each connection a 64 KiB read buffer by default, which idle
+            // keep-alive connections hold for nothing; request heads fit in far less.
+            None => svc.add_listener(ListenerConfig::tcp(l.listen.clone()).l4_buffer(
+                L4BufferSettings::new(PLAIN_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE),
+            )),
         }
         svc.threads = Some(threads);
         server.add_service(svc);

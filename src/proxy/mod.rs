@@ -478,27 +478,28 @@ impl ProxyHttp for Edge {
             None => b"",
         };
         let tried = &ctx.tried;
-        let member = match pool.select(key, ctx.model.as_deref(), |a| !tried.contains(a)) {
-            Ok(m) => m,
-            Err(why) => {
-                if let Some(status) = ctx.retrying_status {
-                    let msg = format!("pool {}: the last backend answered {status}", pool.name);
-                    return Error::e_explain(HTTPStatus(status), msg);
-                }
-                if !ctx.tried.is_empty() {
-                    let msg = format!("pool {}: every attempt failed", pool.name);
-                    return Error::e_explain(HTTPStatus(502), msg);
-                }
-                ctx.all_full = why == NoBackend::AllFull;
-                let msg = match why {
-                    NoBackend::AllFull => {
-                        format!("pool {}: every backend is at max_inflight", pool.name)
+        let (member, slot) =
+            match pool.select_reserved(key, ctx.model.as_deref(), |a| !tried.contains(a)) {
+                Ok(chosen) => chosen,
+                Err(why) => {
+                    if let Some(status) = ctx.retrying_status {
+                        let msg = format!("pool {}: the last backend answered {status}", pool.name);
+                        return Error::e_explain(HTTPStatus(status), msg);
                     }
-                    NoBackend::Unavailable => format!("pool {}: no healthy backend", pool.name),
-                };
-                return Error::e_explain(HTTPStatus(503), msg);
-            }
-        };
+                    if !ctx.tried.is_empty() {
+                        let msg = format!("pool {}: every attempt failed", pool.name);
+                        return Error::e_explain(HTTPStatus(502), msg);
+                    }
+                    ctx.all_full = why == NoBackend::AllFull;
+                    let msg = match why {
+                        NoBackend::AllFull => {
+                            format!("pool {}: every backend is at max_inflight", pool.name)
+                        }
+                        NoBackend::Unavailable => format!("pool {}: no healthy backend", pool.name),
+                    };
+                    return Error::e_explain(HTTPStatus(503), msg);
+                }
+            };
         ctx.retrying_status = None;
         if ctx.tries > 0 {
             metrics::RETRIES
@@ -521,7 +522,7 @@ impl ProxyHttp for Edge {
             None => read,
         };
         let peer = pool.peer(&member, read);
-        ctx.inflight = Some(InflightGuard::new(&member.stats));
+        ctx.inflight = Some(slot);
         ctx.upstream_started = Some(Instant::now());
         ctx.backend = Some(member);
         Ok(Box::new(peer))

@@ -90,6 +90,19 @@ impl InflightGuard {
         stats.inflight.fetch_add(1, Ordering::Relaxed);
         InflightGuard(stats.clone())
     }
+
+    /// Takes one of `member`'s `max_inflight` slots, atomically; `None` when it is full.
+    pub fn reserve(member: &Member) -> Option<Self> {
+        let max = member.meta.max_inflight.unwrap_or(usize::MAX);
+        member
+            .stats
+            .inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(InflightGuard(member.stats.clone()))
+    }
 }
 
 impl Drop for InflightGuard {
@@ -332,6 +345,28 @@ impl Pool {
                 NoBackend::Unavailable
             }
         })
+    }
+
+    /// Like [`Pool::select`], and takes an in-flight slot of the chosen backend in the same
+    /// step, so concurrent requests can never push a backend past its `max_inflight`.
+    pub fn select_reserved(
+        &self,
+        key: &[u8],
+        model: Option<&str>,
+        accept: impl Fn(&SocketAddr) -> bool,
+    ) -> Result<(Member, InflightGuard), NoBackend> {
+        let mut full: Vec<SocketAddr> = Vec::new();
+        loop {
+            let member = self.select(key, model, |a| !full.contains(a) && accept(a))?;
+            if let Some(slot) = InflightGuard::reserve(&member) {
+                return Ok((member, slot));
+            }
+            // Filled up between the check and the reservation: try another one.
+            full.push(member.addr);
+            if full.len() >= 16 {
+                return Err(NoBackend::AllFull);
+            }
+        }
     }
 
     /// Power of two choices: of two random healthy candidates, the one with fewer requests

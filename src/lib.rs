@@ -4,11 +4,12 @@
 //! up the current [`runtime::Snapshot`] (built from [`config`]), matches a route in
 //! [`runtime::router`], picks a backend from a [`runtime::Pool`], and logs through
 //! [`proxy::access_log`] and [`metrics`]. [`runtime::supervisor`] swaps snapshots and runs
-//! health checks; [`admin`] serves the admin listener; [`tls`] holds listener certificates.
+//! health checks; [`handover`] hands the sockets to a new process on `systemctl reload`; [`admin`] serves the admin listener; [`tls`] holds listener certificates.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod handover;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;

@@ -66,7 +66,10 @@ pub fn run(opts: RunOptions) -> Result<()> {
     };
     let mut server =
         Server::new_with_opt_and_conf(opt, server_conf(&loaded.config.server, opts.daemon));
-    server.bootstrap();
+    // Bootstrap (taking the sockets over in `-u` mode) runs as a service the others wait for,
+    // so that Pingora knows every listen address first and closes inherited sockets that the
+    // new config no longer listens on.
+    let bootstrap = server.bootstrap_as_a_service();
     let threads = loaded.config.server.threads;
     for l in &loaded.config.listeners {
         if l.protocol == Protocol::Tcp {
@@ -80,14 +83,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
             }));
             svc.add_tcp(&l.listen);
             svc.threads = Some(threads);
-            server.add_service(svc);
+            server.add_service(svc).add_dependency(&bootstrap);
             continue;
         }
         if let Some(port) = l.redirect_to_https {
             let mut svc = Service::new(l.name.clone(), Redirect { port });
             svc.add_tcp(&l.listen);
             svc.threads = Some(1);
-            server.add_service(svc);
+            server.add_service(svc).add_dependency(&bootstrap);
             continue;
         }
         let edge = Edge {
@@ -121,7 +124,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
             )),
         }
         svc.threads = Some(threads);
-        server.add_service(svc);
+        server.add_service(svc).add_dependency(&bootstrap);
     }
     let mut admin = Service::new(
         "admin".to_string(),
@@ -131,8 +134,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
     );
     admin.add_tcp(&loaded.config.admin.listen);
     admin.threads = Some(1);
-    server.add_service(admin);
-    server.add_service(background_service("supervisor", Supervisor { state }));
+    server.add_service(admin).add_dependency(&bootstrap);
+    let supervisor = Supervisor {
+        state,
+        process: crate::handover::Process::current(opts.daemon),
+    };
+    server
+        .add_service(background_service("supervisor", supervisor))
+        .add_dependency(&bootstrap);
     log::info!(
         "switchyard {} serving {} listener(s), admin on {}",
         env!("CARGO_PKG_VERSION"),

@@ -58,7 +58,8 @@ pub struct ReloadStatus {
     pub error: Option<String>,
     #[serde(with = "unix_secs")]
     pub at: SystemTime,
-    /// Listener changes in the file that only a restart (or upgrade) applies.
+    /// Listener, admin address or `server:` changes that only a new process applies
+    /// (`systemctl reload` hands over to one).
     pub restart_required: bool,
 }
 
@@ -107,20 +108,25 @@ pub struct State {
     current: ArcSwap<Snapshot>,
     /// Certificates of each TLS listener, by listener name. Listeners are fixed at start.
     pub certs: Vec<(String, Arc<CertStore>)>,
-    /// The listeners as they were when the process started.
-    pub started_listeners: Vec<ListenerConfig>,
+    /// What only a new process applies, as it was when this one started.
+    started: Started,
     pub last_reload: Mutex<ReloadStatus>,
     reloading: tokio::sync::Mutex<()>,
 }
 
 impl State {
     pub fn new(path: PathBuf, first: Snapshot, certs: Vec<(String, Arc<CertStore>)>) -> Self {
-        let started_listeners = first.loaded.config.listeners.clone();
+        let c = &first.loaded.config;
+        let started = Started {
+            listeners: c.listeners.clone(),
+            admin_listen: c.admin.listen.clone(),
+            server: c.server.clone(),
+        };
         State {
             path,
             current: ArcSwap::from_pointee(first),
             certs,
-            started_listeners,
+            started,
             last_reload: Mutex::new(ReloadStatus {
                 source: Source::Startup,
                 ok: true,
@@ -190,7 +196,7 @@ impl State {
             old_hash,
             hash,
             changes,
-            restart_required: self.listeners_changed(),
+            restart_required: self.restart_required(),
         })
     }
 
@@ -232,11 +238,13 @@ impl State {
 
     fn record(&self, source: Source, result: Result<(), &ConfigError>) {
         let restart_required = match result {
-            Ok(()) => self.listeners_changed(),
+            Ok(()) => self.restart_required(),
             Err(_) => false,
         };
         if restart_required {
-            log::warn!("listener changes in the config apply only after a restart or upgrade");
+            log::warn!(
+                "listener, admin.listen or server: changes apply only in a new process (SIGHUP / systemctl reload hands over)"
+            );
         }
         if let Err(e) = result {
             log::error!(
@@ -259,9 +267,10 @@ impl State {
         crate::metrics::reload(source.as_str(), result.is_ok());
     }
 
-    /// Whether the current file's listeners differ from the ones serving.
-    pub fn listeners_changed(&self) -> bool {
-        let now = &self.current.load().loaded.config.listeners;
+    /// Whether the current config changes what only a new process applies: listeners, the
+    /// admin address or `server:` settings.
+    pub fn restart_required(&self) -> bool {
+        let now = &self.current.load().loaded.config;
         let key = |l: &ListenerConfig| {
             (
                 l.name.clone(),
@@ -270,8 +279,23 @@ impl State {
                 l.redirect_to_https,
             )
         };
-        now.iter()
-            .map(key)
-            .ne(self.started_listeners.iter().map(key))
+        now.admin.listen != self.started.admin_listen
+            || now.server != self.started.server
+            || now
+                .listeners
+                .iter()
+                .map(key)
+                .ne(self.started.listeners.iter().map(key))
     }
+
+    /// The upgrade socket this process was started with (the one Pingora sends to).
+    pub fn started_upgrade_sock(&self) -> &str {
+        &self.started.server.upgrade_sock
+    }
+}
+
+struct Started {
+    listeners: Vec<ListenerConfig>,
+    admin_listen: String,
+    server: config::ServerSettings,
 }

@@ -24,6 +24,7 @@ const TICK: Duration = Duration::from_millis(200);
 
 pub struct Supervisor {
     pub state: Arc<State>,
+    pub process: crate::handover::Process,
 }
 
 #[async_trait]
@@ -41,6 +42,7 @@ impl BackgroundService for Supervisor {
         let mut tick = tokio::time::interval(TICK);
         let mut stamp = file_stamp(&self.state.path);
         let mut dns_due: HashMap<String, Instant> = HashMap::new();
+        tokio::spawn(crate::handover::announce_ready(self.listen_addresses()));
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -53,6 +55,7 @@ impl BackgroundService for Supervisor {
                 Some(()) = recv_signal(&mut hup) => {
                     log::info!("SIGHUP: reloading {}", self.state.path.display());
                     let _ = self.state.reload(Source::Signal, false).await;
+                    self.process.upgrade_if_needed(&self.state).await;
                 }
                 _ = tick.tick() => {
                     // Fallback for file systems where inotify says nothing.
@@ -77,6 +80,14 @@ async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> 
 }
 
 impl Supervisor {
+    /// Every address this process listens on, as it started.
+    fn listen_addresses(&self) -> Vec<String> {
+        let c = &self.state.snapshot().loaded.config;
+        let mut all: Vec<String> = c.listeners.iter().map(|l| l.listen.clone()).collect();
+        all.push(c.admin.listen.clone());
+        all
+    }
+
     /// Starts the health check of every pool whose interval has come, each in its own task.
     fn run_due_checks(&self) {
         let snapshot = self.state.snapshot();

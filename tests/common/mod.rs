@@ -54,6 +54,8 @@ pub struct Proxy {
     pub admin: u16,
     /// Extra environment for the process.
     pub env: Vec<(String, String)>,
+    /// The binary to run (a test may run a copy it later replaces).
+    pub exe: PathBuf,
     child: Option<Child>,
 }
 
@@ -73,6 +75,7 @@ impl Proxy {
             dir: tempfile::tempdir().expect("a temp dir"),
             admin: free_port(),
             env: Vec::new(),
+            exe: PathBuf::from(bin()),
             child: None,
         }
     }
@@ -110,7 +113,7 @@ impl Proxy {
             std::fs::File::create(self.dir.path().join(format!("{tag}{kind}.log")))
                 .expect("log file")
         };
-        Command::new(bin())
+        Command::new(&self.exe)
             .args(["run", "-c"])
             .arg(self.config_path())
             .args(extra)

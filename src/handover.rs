@@ -1,0 +1,242 @@
+//! Zero-downtime upgrades driven by `systemctl reload`, and the systemd readiness protocol.
+//!
+//! SIGHUP re-reads the config. When the reload finds something only a new process can apply
+//! (the binary on disk was replaced, or listeners or `server:` settings changed), the process
+//! hands over by itself, in the order Pingora 0.9.1's `daemon_wait_for_ready` is built for:
+//! the new binary first validates the file (`check`), then is started with `-u`; once it
+//! listens on `server.upgrade_sock` this process raises SIGQUIT on itself, and Pingora sends
+//! the listening sockets over and drains. The new process tells systemd `MAINPID=` + `READY=1`
+//! (the unit has `Type=notify`, `NotifyAccess=all`), so systemd follows the process that
+//! serves. Anything that fails before the SIGQUIT leaves this process serving as it was.
+//!
+//! `Type=notify` rather than Pingora's documented `Type=forking` because daemon mode sends
+//! stdout (the access log) away from journald.
+
+use crate::runtime::State;
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long the new process may take to validate the file and to open its upgrade socket.
+const START_LIMIT: Duration = Duration::from_secs(30);
+/// How long readiness waits for the listeners before it is announced anyway.
+const LISTEN_LIMIT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(20);
+
+static HANDING_OVER: AtomicBool = AtomicBool::new(false);
+
+/// What the running process was started as.
+pub struct Process {
+    exe: Option<PathBuf>,
+    exe_stamp: Option<Stamp>,
+    /// Daemon mode forks on start: a self-started successor could not be waited for.
+    daemon: bool,
+}
+
+/// Identity of a file: `install` or a rename gives a new inode, an in-place copy a new mtime.
+#[derive(PartialEq, Eq, Debug)]
+struct Stamp(u64, u64, u64, Option<SystemTime>);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp(m.dev(), m.ino(), m.len(), m.modified().ok()))
+}
+
+impl Process {
+    pub fn current(daemon: bool) -> Process {
+        let exe = std::env::current_exe().ok();
+        let exe_stamp = exe.as_deref().and_then(stamp);
+        Process {
+            exe,
+            exe_stamp,
+            daemon,
+        }
+    }
+
+    fn binary_replaced(&self) -> bool {
+        match &self.exe {
+            Some(exe) => stamp(exe) != self.exe_stamp,
+            None => false,
+        }
+    }
+
+    /// After a SIGHUP reload: hands over to a new process if only one can apply what changed.
+    pub async fn upgrade_if_needed(&self, state: &State) {
+        let binary = self.binary_replaced();
+        let settings = state.restart_required();
+        if !binary && !settings {
+            return;
+        }
+        let why = if binary {
+            "the binary was replaced"
+        } else {
+            "listener or server settings changed"
+        };
+        if let Err(e) = self.hand_over(state, why).await {
+            log::error!("upgrade ({why}) not done, this process keeps serving: {e}");
+            HANDING_OVER.store(false, Ordering::SeqCst);
+        }
+    }
+
+    async fn hand_over(&self, state: &State, why: &str) -> Result<(), String> {
+        let exe = self.exe.as_deref().ok_or("the running binary's path is unknown")?;
+        if self.daemon {
+            return Err("daemon mode (-d): start the new process with -u by hand".into());
+        }
+        let socket = state.started_upgrade_sock();
+        if state.snapshot().loaded.config.server.upgrade_sock != socket {
+            return Err("server.upgrade_sock changed: a restart is needed".into());
+        }
+        if HANDING_OVER.swap(true, Ordering::SeqCst) {
+            return Err("an upgrade is already under way".into());
+        }
+        log::info!("upgrade: {why}; validating {} with {}", state.path.display(), exe.display());
+        validate(exe, &state.path).await?;
+        let socket = PathBuf::from(socket);
+        match std::fs::remove_file(&socket) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("cannot remove the stale {}: {e}", socket.display()))
+            }
+            _ => {}
+        }
+        let mut child = Command::new(exe)
+            .args(["run", "-u", "-c"])
+            .arg(&state.path)
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+        wait_for_socket(&mut child, &socket).await?;
+        log::info!(
+            "upgrade: handing the listening sockets to pid {}",
+            child.id()
+        );
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!(
+            "handing over to pid {}",
+            child.id()
+        ))]);
+        // Pingora's own SIGQUIT path: send the sockets, keep answering for a while, drain.
+        signal_hook::low_level::raise(signal_hook::consts::SIGQUIT)
+            .map_err(|e| format!("cannot raise SIGQUIT: {e}"))
+    }
+}
+
+/// Runs `EXE check -c FILE`: the new binary must accept the file before anything is handed.
+async fn validate(exe: &Path, config: &Path) -> Result<(), String> {
+    let run = tokio::process::Command::new(exe)
+        .args(["check", "-c"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(START_LIMIT, run)
+        .await
+        .map_err(|_| "`check` did not finish".to_string())?
+        .map_err(|e| format!("cannot run {} check: {e}", exe.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "the new binary rejects the config:\n{}",
+        String::from_utf8_lossy(&out.stderr).trim_end()
+    ))
+}
+
+/// Waits until the new process listens on the upgrade socket, or gives up and stops it.
+async fn wait_for_socket(child: &mut Child, socket: &Path) -> Result<(), String> {
+    let end = Instant::now() + START_LIMIT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the new process exited ({status}) before taking over"));
+        }
+        if socket.exists() {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "the new process did not open {} in time",
+                socket.display()
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Tells systemd (when `NOTIFY_SOCKET` is set) that this process serves, once every listen
+/// address is bound: `READY=1` on a start, and `MAINPID=` so that after an upgrade systemd
+/// tracks the new process instead of the one that is leaving.
+pub async fn announce_ready(listen: Vec<String>) {
+    let ports: HashSet<u16> = listen.iter().filter_map(|a| port_of(a)).collect();
+    let end = Instant::now() + LISTEN_LIMIT;
+    while !ports.is_subset(&listening_ports()) {
+        if Instant::now() > end {
+            log::warn!("not every listener is bound after {LISTEN_LIMIT:?}; announcing anyway");
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let pid = std::process::id();
+    let status = format!("serving {} listener(s)", listen.len());
+    let states = [
+        sd_notify::NotifyState::MainPid(pid),
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ];
+    if let Err(e) = sd_notify::notify(&states) {
+        log::warn!("cannot notify systemd: {e}");
+    }
+}
+
+fn port_of(listen: &str) -> Option<u16> {
+    listen.rsplit_once(':')?.1.parse().ok()
+}
+
+/// Ports in the LISTEN state in this process's network namespace.
+fn listening_ports() -> HashSet<u16> {
+    const LISTEN: &str = "0A";
+    let mut ports = HashSet::new();
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        // Columns: sl, local_address (hex ip:port), rem_address, st, ...
+        for line in text.lines().skip(1) {
+            let mut cols = line.split_whitespace();
+            let (Some(local), Some(state)) = (cols.nth(1), cols.nth(1)) else {
+                continue;
+            };
+            let port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if let (LISTEN, Some(port)) = (state, port) {
+                ports.insert(port);
+            }
+        }
+    }
+    ports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bound_listener_is_seen() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        assert!(listening_ports().contains(&port));
+        drop(l);
+        assert!(!listening_ports().contains(&port));
+    }
+
+    #[test]
+    fn ports_of_listen_addresses() {
+        assert_eq!(port_of("0.0.0.0:8443"), Some(8443));
+        assert_eq!(port_of("[::]:80"), Some(80));
+        assert_eq!(port_of("nonsense"), None);
+    }
+}

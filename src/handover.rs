@@ -82,7 +82,10 @@ impl Process {
     }
 
     async fn hand_over(&self, state: &State, why: &str) -> Result<(), String> {
-        let exe = self.exe.as_deref().ok_or("the running binary's path is unknown")?;
+        let exe = self
+            .exe
+            .as_deref()
+            .ok_or("the running binary's path is unknown")?;
         if self.daemon {
             return Err("daemon mode (-d): start the new process with -u by hand".into());
         }
@@ -93,7 +96,11 @@ impl Process {
         if HANDING_OVER.swap(true, Ordering::SeqCst) {
             return Err("an upgrade is already under way".into());
         }
-        log::info!("upgrade: {why}; validating {} with {}", state.path.display(), exe.display());
+        log::info!(
+            "upgrade: {why}; validating {} with {}",
+            state.path.display(),
+            exe.display()
+        );
         validate(exe, &state.path).await?;
         let socket = PathBuf::from(socket);
         match std::fs::remove_file(&socket) {
@@ -149,7 +156,9 @@ async fn wait_for_socket(child: &mut Child, socket: &Path) -> Result<(), String>
     let end = Instant::now() + START_LIMIT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("the new process exited ({status}) before taking over"));
+            return Err(format!(
+                "the new process exited ({status}) before taking over"
+            ));
         }
         if socket.exists() {
             return Ok(());

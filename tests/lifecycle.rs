@@ -214,10 +214,8 @@ async fn reload_after_a_new_binary_hands_over_and_systemd_follows() {
     p.exe = p.dir.path().join("switchyard");
     install_binary(common::bin(), &p.exe);
     let systemd = FakeSystemd::bind(p.dir.path());
-    p.env.push((
-        "NOTIFY_SOCKET".into(),
-        systemd.path.display().to_string(),
-    ));
+    p.env
+        .push(("NOTIFY_SOCKET".into(), systemd.path.display().to_string()));
     p.write_config(&config(port, &up));
     p.spawn().await;
     let old_pid = p.pid();
@@ -298,8 +296,11 @@ async fn reload_keeps_serving_when_the_new_binary_refuses_the_config() {
     p.write_config(&config(port, &up));
     p.spawn().await;
     let broken = p.dir.path().join("broken.sh");
-    std::fs::write(&broken, "#!/bin/sh\necho 'line 1: not a config I know' >&2\nexit 1\n")
-        .expect("write script");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho 'line 1: not a config I know' >&2\nexit 1\n",
+    )
+    .expect("write script");
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
     install_binary(broken.to_str().expect("utf-8 path"), &p.exe);

@@ -1,6 +1,7 @@
 //! Operability: every SPEC §7 metric exists from the start and parses with the Prometheus
 //! text parser; access log lines are JSON carrying the id the client saw; the systemd unit
-//! passes `systemd-analyze verify` and scores ≤ 2.0 in `systemd-analyze security`.
+//! passes `systemd-analyze verify` and scores ≤ 2.0 in `systemd-analyze security`; each
+//! metric moves when its event happens.
 
 mod common;
 
@@ -8,6 +9,7 @@ use common::mock_openai::MockOpenAi;
 use common::{client, free_port, Proxy, Upstream};
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Metric families as parsed by Python's `prometheus_client` (names without `_total`).
 fn parse_with_prometheus_client(text: &str) -> Vec<String> {
@@ -197,4 +199,149 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
     assert!(score <= 2.0, "exposure {score}");
+}
+
+/// SPEC §7, one event each: every metric moves when what it counts happens.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_metric_moves_when_its_event_happens() {
+    let up = Upstream::start("up").await;
+    let dead = common::addr(free_port());
+    let ca = common::certs::TestCa::new("metrics");
+    let mut p = Proxy::new();
+    let dir = p.dir.path().to_path_buf();
+    let write_cert = |year: i32| {
+        let (cert, key) = ca.issue_until(&["localhost"], year);
+        std::fs::write(dir.join("edge.crt"), cert).expect("cert");
+        std::fs::write(dir.join("edge.key"), key).expect("key");
+    };
+    write_cert(2031);
+    let (http, https) = (free_port(), free_port());
+    let body = format!(
+        r#"
+listeners:
+  - {{name: http, listen: "127.0.0.1:{http}"}}
+  - name: https
+    listen: "127.0.0.1:{https}"
+    tls: {{certificates: [{{cert: edge.crt, key: edge.key}}]}}
+pools:
+  up: {{health_check: {{kind: none}}, backends: [{{address: "{up}"}}]}}
+  flaky: {{health_check: {{kind: none}}, backends: [{{address: "{dead}"}}, {{address: "{up}"}}]}}
+  gone:
+    health_check: {{kind: tcp, interval: 200ms, timeout: 100ms, unhealthy_after: 1}}
+    backends: [{{address: "{dead}"}}]
+routes:
+  - {{name: flaky, match: {{path_prefix: /flaky}}, pool: flaky}}
+  - {{name: limited, match: {{path_prefix: /limited}}, pool: up, rate_limit: {{requests: 1, per: 1m}}}}
+  - {{name: all, match: {{path_prefix: /}}, pool: up}}
+"#,
+        up = up.addr
+    );
+    p.write_config(&body);
+    p.spawn().await;
+    let m = |series: String| {
+        let p = &p;
+        async move { p.metric(&series).await.unwrap_or(-1.0) }
+    };
+    let get = |path: &str| {
+        client()
+            .get(format!("http://127.0.0.1:{http}{path}"))
+            .send()
+    };
+
+    // requests_total and request_duration_seconds
+    let requests = "switchyard_requests_total{code=\"200\",pool=\"up\",route=\"all\"}";
+    let durations = "switchyard_request_duration_seconds_count{route=\"all\"}";
+    let (r0, d0) = (m(requests.into()).await, m(durations.into()).await);
+    assert_eq!(get("/x").await.expect("request").status(), 200);
+    assert!(
+        common::wait_until(Duration::from_secs(3), || async {
+            m(requests.into()).await == r0.max(0.0) + 1.0
+        })
+        .await
+    );
+    assert_eq!(m(durations.into()).await, d0.max(0.0) + 1.0);
+
+    // upstream_connect_failures_total and retries_total: round robin reaches the dead member.
+    for _ in 0..4 {
+        assert_eq!(get("/flaky").await.expect("flaky").status(), 200);
+    }
+    let failures =
+        format!("switchyard_upstream_connect_failures_total{{backend=\"{dead}\",pool=\"flaky\"}}");
+    assert!(m(failures).await >= 1.0);
+    assert!(m("switchyard_retries_total{route=\"flaky\"}".into()).await >= 1.0);
+
+    // rate_limited_total
+    let limited = "switchyard_rate_limited_total{route=\"limited\"}";
+    assert_eq!(m(limited.into()).await, 0.0);
+    let codes = [
+        get("/limited").await.expect("1").status(),
+        get("/limited").await.expect("2").status(),
+    ];
+    assert_eq!(codes.map(|c| c.as_u16()), [200, 429]);
+    assert_eq!(m(limited.into()).await, 1.0);
+
+    // backend_healthy: set to 1 at build, 0 once the check fails.
+    let healthy = format!("switchyard_backend_healthy{{backend=\"{dead}\",pool=\"gone\"}}");
+    assert!(
+        common::wait_until(Duration::from_secs(5), || async {
+            m(healthy.clone()).await == 0.0
+        })
+        .await
+    );
+
+    // downstream_connections: an open client connection counts while it is open.
+    let open = "switchyard_downstream_connections{listener=\"http\"}";
+    let c0 = m(open.into()).await;
+    let conn = tokio::net::TcpStream::connect(("127.0.0.1", http))
+        .await
+        .expect("connect");
+    assert!(
+        common::wait_until(Duration::from_secs(3), || async {
+            m(open.into()).await == c0 + 1.0
+        })
+        .await
+    );
+    drop(conn);
+    assert!(
+        common::wait_until(Duration::from_secs(3), || async {
+            m(open.into()).await == c0
+        })
+        .await
+    );
+
+    // config_reloads_total by source and result, and the last success time.
+    let stamp = "switchyard_config_last_reload_success_timestamp_seconds";
+    let t0 = m(stamp.into()).await;
+    p.reload_to(&format!("{body}\n# edited\n")).await;
+    let file_ok = "switchyard_config_reloads_total{result=\"ok\",source=\"file\"}";
+    assert!(
+        common::wait_until(Duration::from_secs(3), || async {
+            m(file_ok.into()).await == 1.0
+        })
+        .await
+    );
+    assert!(m(stamp.into()).await > t0);
+    p.write_raw("version: 1\npools: [\n");
+    let file_error = "switchyard_config_reloads_total{result=\"error\",source=\"file\"}";
+    assert!(
+        common::wait_until(Duration::from_secs(5), || async {
+            m(file_error.into()).await == 1.0
+        })
+        .await
+    );
+    p.write_config(&body);
+
+    // tls_certificate_expiry_timestamp_seconds follows a renewed certificate after SIGHUP.
+    let expiry = "switchyard_tls_certificate_expiry_timestamp_seconds{listener=\"https\",name=\"localhost\"}";
+    assert_eq!(m(expiry.into()).await, 1_924_992_000.0); // 2031-01-01
+    write_cert(2032);
+    p.signal("HUP");
+    let signal_ok = "switchyard_config_reloads_total{result=\"ok\",source=\"signal\"}";
+    assert!(
+        common::wait_until(Duration::from_secs(5), || async {
+            m(signal_ok.into()).await >= 1.0
+        })
+        .await
+    );
+    assert_eq!(m(expiry.into()).await, 1_956_528_000.0); // 2032-01-01
 }

@@ -26,9 +26,15 @@ impl TestCa {
 
     /// A leaf for `names`: (certificate PEM, key PEM).
     pub fn issue(&self, names: &[&str]) -> (String, String) {
-        let params =
+        self.issue_until(names, 4096)
+    }
+
+    /// A leaf for `names` that expires on 1 January of `year`.
+    pub fn issue_until(&self, names: &[&str], year: i32) -> (String, String) {
+        let mut params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .expect("params");
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
         (cert.pem(), key.serialize_pem())

@@ -7,10 +7,15 @@
 //! head has been parsed (`early_request_filter`) and re-arms it for the next request on a
 //! keep-alive connection, with the clock starting at that request's first byte. HTTP/2
 //! connections (ALPN h2, or the h2c preface) are never armed: their streams are multiplexed.
-//! The same wrapper counts open connections for `switchyard_downstream_connections`.
+//! The same wrapper counts open connections for `switchyard_downstream_connections`, and runs
+//! the HTTP/1 keep-alive loop itself so that an idle connection holds only its socket: Pingora's
+//! own loop creates the next session (a ~13 KiB proxy future and a 4 KiB head buffer) right
+//! away and keeps it while the client is silent; this one waits for the first byte first
+//! (measured in docs/benchmarks.md, "scale").
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
     UniqueIDType, ALPN,
@@ -31,6 +36,8 @@ const WAITING: u8 = 1;
 const DISARMED: u8 = 2;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// The whole client connection preface, as Pingora's h2c detection reads it.
+const H2C_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl<A> HeadDeadlineApp<A> {
     pub fn new(inner: A, state: Arc<crate::runtime::State>, listener: &str) -> Self {
@@ -52,21 +59,83 @@ pub struct HeadDeadlineApp<A> {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadlineApp<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeadDeadlineApp<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let _open = OpenConnection::new(&self.listener);
-        let armed = !matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
         let limit = self.state.snapshot().edge.header_timeout;
-        let guarded = HeadGuard::new(stream, limit, armed);
-        self.inner.process_new(Box::new(guarded), shutdown).await
+        let mut guarded = HeadGuard::new(stream, limit, !h2);
+        if h2 || (self.h2c() && guarded.starts_with_h2c_preface().await) {
+            return ServerApp::process_new(&self.inner, Box::new(guarded), shutdown).await;
+        }
+        self.serve_http1(Box::new(guarded), shutdown).await
     }
 
     async fn cleanup(&self) {
-        self.inner.cleanup().await
+        self.inner.http_cleanup().await
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> HeadDeadlineApp<A> {
+    fn h2c(&self) -> bool {
+        self.inner.server_options().is_some_and(|o| o.h2c)
+    }
+
+    /// Pingora's HTTP/1 keep-alive loop, except that between requests it waits for the next
+    /// request's first byte (within `edge.keepalive_timeout`) before it builds a session.
+    async fn serve_http1(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let mut persisted: Option<HttpPersistentSettings> = None;
+        loop {
+            let mut session = ServerSession::new_http1(stream);
+            match persisted.take() {
+                Some(settings) => settings.apply_to_session(&mut session),
+                None => {
+                    // What Pingora's loop does for a connection's first request.
+                    let keepalive = (!*shutdown.borrow()).then_some(60);
+                    session.set_keepalive(keepalive);
+                    session.set_keepalive_reuses_remaining(
+                        self.inner
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            let (next, settings) = self
+                .inner
+                .process_new_http(session, shutdown)
+                .await?
+                .consume();
+            stream = next;
+            persisted = settings;
+            if !self.next_request_arrives(&mut stream, shutdown).await {
+                return None;
+            }
+        }
+    }
+
+    /// Waits for a byte of the next request; false when the connection should close instead
+    /// (idle past `edge.keepalive_timeout`, closed by the client, or the server stopping).
+    async fn next_request_arrives(&self, stream: &mut Stream, shutdown: &ShutdownWatch) -> bool {
+        let idle = self.state.snapshot().edge.keepalive_timeout;
+        let mut shutdown = shutdown.clone();
+        if *shutdown.borrow() {
+            return false;
+        }
+        let mut first = [0u8; 1];
+        tokio::select! {
+            peeked = tokio::time::timeout(idle, stream.try_peek(&mut first)) => {
+                matches!(peeked, Ok(Ok(true)))
+            }
+            _ = shutdown.changed() => false,
+        }
     }
 }
 
@@ -129,6 +198,13 @@ impl HeadGuard {
         let _ = self
             .state
             .compare_exchange(DISARMED, WAITING, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Whether a plaintext connection opens with the HTTP/2 preface (h2c). Like Pingora's own
+    /// check, it waits for that many bytes; a connection that fails here is treated as HTTP/1.
+    async fn starts_with_h2c_preface(&mut self) -> bool {
+        let mut buf = [0u8; H2C_PREFACE.len()];
+        matches!(self.try_peek(&mut buf).await, Ok(true)) && buf == *H2C_PREFACE
     }
 
     /// Finds the guard under a session's stream, if the connection has one.

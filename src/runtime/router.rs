@@ -7,8 +7,8 @@ use crate::proxy::filters::cors::Cors;
 use crate::proxy::filters::rate_limit::Limiter;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
-use std::collections::BTreeMap;
-use std::collections::HashSet;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// The parts of a request that routes match on.
@@ -235,18 +235,111 @@ fn query_has(query: Option<&str>, key: &str, value: &str) -> bool {
     })
 }
 
+/// The routes in config order, indexed so that a lookup checks only the routes that could
+/// match: by exact host, then by the whole path segments of `path_prefix`. Each index list is
+/// in config order, and the lowest-numbered match over all visited lists wins, so the answer
+/// is always the one a linear scan in config order gives.
 #[derive(Default)]
 pub struct Router {
     routes: Vec<Arc<Route>>,
+    by_host: HashMap<String, PathTrie>,
+    /// Routes without a host matcher, or with a `*.` wildcard among their hosts.
+    any_host: PathTrie,
+}
+
+/// Route numbers placed at the node of their prefix's complete segments: `/api/v1/` sits at
+/// `api` → `v1`, `/api/v` and `/` at the root.
+#[derive(Default)]
+struct PathTrie {
+    here: Vec<usize>,
+    children: HashMap<String, PathTrie>,
+}
+
+impl PathTrie {
+    fn insert(&mut self, prefix: Option<&str>, route: usize) {
+        let mut node = self;
+        for segment in complete_segments(prefix.unwrap_or("")) {
+            node = node.children.entry(segment.to_string()).or_default();
+        }
+        node.here.push(route);
+    }
+
+    /// The lowest-numbered route along `path`'s segments that `matches` accepts.
+    fn first_match(&self, path: &str, matches: impl Fn(usize) -> bool) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        let mut node = Some(self);
+        let mut segments = complete_segments(path);
+        while let Some(n) = node {
+            let limit = best.unwrap_or(usize::MAX);
+            if let Some(&i) = n
+                .here
+                .iter()
+                .take_while(|&&i| i < limit)
+                .find(|&&i| matches(i))
+            {
+                best = Some(i);
+            }
+            node = segments.next().and_then(|s| n.children.get(s));
+        }
+        best
+    }
+}
+
+/// The segments of a path that a `/` closes: `/a/b/c` gives `a`, `b`.
+fn complete_segments(path: &str) -> impl Iterator<Item = &str> {
+    let body = path.strip_prefix('/').unwrap_or("");
+    let closed = body.rfind('/').map_or("", |end| &body[..end]);
+    closed.split('/').filter(|_| !closed.is_empty())
 }
 
 impl Router {
     pub fn new(routes: Vec<Arc<Route>>) -> Self {
-        Router { routes }
+        let mut by_host: HashMap<String, PathTrie> = HashMap::new();
+        let mut any_host = PathTrie::default();
+        for (i, r) in routes.iter().enumerate() {
+            let prefix = r.path_prefix.as_deref();
+            let exact: Option<Vec<&str>> = r
+                .hosts
+                .iter()
+                .map(|h| match h {
+                    HostPattern::Exact(h) => Some(h.as_str()),
+                    HostPattern::Suffix(_) => None,
+                })
+                .collect();
+            match exact {
+                Some(hosts) if !hosts.is_empty() => {
+                    for h in hosts {
+                        by_host.entry(h.to_string()).or_default().insert(prefix, i);
+                    }
+                }
+                _ => any_host.insert(prefix, i),
+            }
+        }
+        Router {
+            routes,
+            by_host,
+            any_host,
+        }
     }
 
+    /// The first route in config order that matches the request.
     pub fn find(&self, req: &RequestView<'_>) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| r.matches(req))
+        let matches = |i: usize| self.routes[i].matches(req);
+        let host: Cow<'_, str> = if req.host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(req.host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(req.host)
+        };
+        let by_host = self
+            .by_host
+            .get(host.as_ref())
+            .and_then(|t| t.first_match(req.path, matches));
+        let any = self.any_host.first_match(req.path, matches);
+        let best = match (by_host, any) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        self.routes.get(best)
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {
@@ -264,6 +357,74 @@ mod tests {
         assert!(p.matches("API.example.com"));
         assert!(!p.matches("example.com"));
         assert!(!p.matches("a.b.example.com"));
+    }
+
+    /// The index answers exactly what a scan in config order answers.
+    #[test]
+    fn index_agrees_with_a_linear_scan() {
+        let yaml = r#"
+- {name: a, match: {host: [api.example.com], path_prefix: /v1/chat/}, respond: {status: 200}}
+- {name: b, match: {path_prefix: /v1/}, respond: {status: 200}}
+- {name: c, match: {host: ["*.example.com"], path_prefix: /v1/chat/x}, respond: {status: 200}}
+- {name: d, match: {host: [api.example.com, other.example.com]}, respond: {status: 200}}
+- {name: e, match: {path_prefix: /v1/chat/completions, methods: [POST]}, respond: {status: 200}}
+- {name: f, match: {path_prefix: /v}, respond: {status: 200}}
+- {name: g, match: {host: [api.example.com], path_prefix: /}, respond: {status: 200}}
+- {name: h, match: {}, respond: {status: 200}}
+"#;
+        let configs: Vec<RouteConfig> = serde_yaml::from_str(yaml).expect("routes");
+        let routes: Vec<Arc<Route>> = configs
+            .iter()
+            .map(|c| Arc::new(Route::compile(c, &BTreeMap::new(), None).expect("route")))
+            .collect();
+        let router = Router::new(routes.clone());
+        let headers = HeaderMap::new();
+        for host in [
+            "api.example.com",
+            "API.Example.com",
+            "x.example.com",
+            "other.example.com",
+            "none",
+        ] {
+            for path in [
+                "/",
+                "/v",
+                "/v1",
+                "/v1/",
+                "/v1/chat/",
+                "/v1/chat/x",
+                "/v1/chat/completions",
+                "/w/x/y",
+            ] {
+                for method in [Method::GET, Method::POST] {
+                    let view = RequestView {
+                        method: &method,
+                        host,
+                        path,
+                        query: None,
+                        headers: &headers,
+                    };
+                    let linear = routes
+                        .iter()
+                        .find(|r| r.matches(&view))
+                        .map(|r| r.name.clone());
+                    let indexed = router.find(&view).map(|r| r.name.clone());
+                    assert_eq!(indexed, linear, "{method} {host}{path}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn segments_closed_by_a_slash() {
+        fn all(p: &str) -> Vec<&str> {
+            complete_segments(p).collect()
+        }
+        assert_eq!(all("/api/v1/"), ["api", "v1"]);
+        assert_eq!(all("/api/v1"), ["api"]);
+        assert!(all("/api").is_empty());
+        assert!(all("/").is_empty());
+        assert!(all("").is_empty());
     }
 
     #[test]

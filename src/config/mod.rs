@@ -122,10 +122,11 @@ pub fn parse(
     lookup: &dyn Fn(&str) -> Option<String>,
     base: Option<&Path>,
 ) -> Result<Loaded, ConfigError> {
-    let positions = Positions::of(raw);
+    // Only a file with problems needs its positions: a second parse of a large file is slow.
+    let positions = std::cell::OnceCell::new();
     let locate = |mut p: Problem| {
         if p.line.is_none() {
-            if let Some(pos) = positions.find(&p.path) {
+            if let Some(pos) = positions.get_or_init(|| Positions::of(raw)).find(&p.path) {
                 p.line = Some(pos.line);
                 p.column = Some(pos.column);
             }

@@ -3,6 +3,10 @@
 //! reload of that large file, route matching among 10, 200 and 2,000 routes, the header
 //! filters of a proxied request, and the `model` of a 1 KiB and a 500 KiB JSON body.
 
+/// The allocator the binary uses (src/main.rs), so the numbers are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};

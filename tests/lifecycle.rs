@@ -203,6 +203,14 @@ fn install_binary(from: &str, exe: &std::path::Path) {
     std::fs::rename(&tmp, exe).expect("rename the binary");
 }
 
+/// A proxy (not started) that runs its own copy of the binary, which a test may replace.
+fn with_own_binary() -> Proxy {
+    let mut p = Proxy::new();
+    p.exe = p.dir.path().join("switchyard");
+    install_binary(common::bin(), &p.exe);
+    p
+}
+
 /// The unit's "one command" upgrade: install a new binary, `systemctl reload` (SIGHUP). The
 /// process validates the file with the new binary, starts it with `-u`, hands the sockets
 /// over, and the new process tells systemd `MAINPID=` so that systemd follows it.
@@ -210,9 +218,7 @@ fn install_binary(from: &str, exe: &std::path::Path) {
 async fn reload_after_a_new_binary_hands_over_and_systemd_follows() {
     let up = Upstream::start("up").await;
     let port = free_port();
-    let mut p = Proxy::new();
-    p.exe = p.dir.path().join("switchyard");
-    install_binary(common::bin(), &p.exe);
+    let mut p = with_own_binary();
     let systemd = FakeSystemd::bind(p.dir.path());
     p.env
         .push(("NOTIFY_SOCKET".into(), systemd.path.display().to_string()));
@@ -290,9 +296,7 @@ async fn reload_with_a_moved_listener_hands_over_to_the_new_address() {
 async fn reload_keeps_serving_when_the_new_binary_refuses_the_config() {
     let up = Upstream::start("up").await;
     let port = free_port();
-    let mut p = Proxy::new();
-    p.exe = p.dir.path().join("switchyard");
-    install_binary(common::bin(), &p.exe);
+    let mut p = with_own_binary();
     p.write_config(&config(port, &up));
     p.spawn().await;
     let broken = p.dir.path().join("broken.sh");

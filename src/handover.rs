@@ -75,6 +75,11 @@ impl Process {
         } else {
             "listener or server settings changed"
         };
+        // Once the sockets are on their way, a later SIGHUP must not start another process.
+        if HANDING_OVER.swap(true, Ordering::SeqCst) {
+            log::warn!("upgrade ({why}): a handover is already under way");
+            return;
+        }
         if let Err(e) = self.hand_over(state, why).await {
             log::error!("upgrade ({why}) not done, this process keeps serving: {e}");
             HANDING_OVER.store(false, Ordering::SeqCst);
@@ -92,9 +97,6 @@ impl Process {
         let socket = state.started_upgrade_sock();
         if state.snapshot().loaded.config.server.upgrade_sock != socket {
             return Err("server.upgrade_sock changed: a restart is needed".into());
-        }
-        if HANDING_OVER.swap(true, Ordering::SeqCst) {
-            return Err("an upgrade is already under way".into());
         }
         log::info!(
             "upgrade: {why}; validating {} with {}",

@@ -8,7 +8,6 @@ use common::{free_port, Proxy, TcpEcho, Upstream};
 use futures::{SinkExt, StreamExt};
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -171,14 +170,6 @@ async fn wss(
     ca: &TestCa,
     local: &str,
 ) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ca.pem().as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind(format!("{local}:0").parse().unwrap()).unwrap();
     let tcp = sock
@@ -186,10 +177,7 @@ async fn wss(
         .await
         .unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = ca.connector().connect(name, tcp).await.unwrap();
     let (ws, resp) = tokio_tungstenite::client_async(format!("wss://localhost:{port}/ws"), tls)
         .await
         .unwrap();

@@ -105,6 +105,66 @@ async fn alpn_sni_and_versions() {
     );
 }
 
+/// One HTTP/1.1 answer read off a raw stream: its status line and body length.
+async fn read_answer<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await.expect("read the answer");
+        assert!(
+            n > 0,
+            "the connection was closed: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let length: usize = text[..end]
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().expect("length"))
+            })
+            .expect("content-length");
+        if got.len() >= end + 4 + length {
+            return text[..text.find("\r\n").unwrap_or(0)].to_string();
+        }
+    }
+}
+
+/// HTTP/1.1 keep-alive over TLS: several requests on one connection (the keep-alive loop
+/// waits for the next request differently on streams that cannot peek).
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_alive_reuses_a_tls_connection() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start("up").await;
+    let ca = TestCa::new("edge");
+    let mut p = Proxy::new();
+    ca.write(p.dir.path(), "a", &["a.test"]);
+    let port = free_port();
+    p.write_config(&listener_with_certs(port, &up, "{cert: a.crt, key: a.key}"));
+    p.spawn().await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("a.test").expect("name");
+    let mut tls = ca.connector().connect(name, tcp).await.expect("handshake");
+    for i in 0..3 {
+        tls.write_all(b"GET /ka HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .await
+            .expect("write");
+        let status = read_answer(&mut tls).await;
+        assert_eq!(
+            status, "HTTP/1.1 200 OK",
+            "request {i} on the same connection"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replaced_certificates_are_served_after_reload_without_restart() {
     let up = Upstream::start("up").await;

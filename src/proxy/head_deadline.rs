@@ -131,8 +131,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> HeadDeadlineApp<A> {
         }
         let mut first = [0u8; 1];
         tokio::select! {
+            // `Ok(false)`: this stream cannot peek (TLS); the session's own read then waits,
+            // as in Pingora's loop.
             peeked = tokio::time::timeout(idle, stream.try_peek(&mut first)) => {
-                matches!(peeked, Ok(Ok(true)))
+                matches!(peeked, Ok(Ok(_)))
             }
             _ = shutdown.changed() => false,
         }

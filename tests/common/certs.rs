@@ -52,6 +52,19 @@ impl TestCa {
         (c, k)
     }
 
+    /// A rustls client that trusts this CA, for raw TLS connections.
+    pub fn connector(&self) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut self.pem().as_bytes()) {
+            roots.add(c.expect("CA certificate")).expect("add root");
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    }
+
     pub fn reqwest_root(&self) -> reqwest::Certificate {
         reqwest::Certificate::from_pem(self.pem().as_bytes()).expect("CA pem")
     }

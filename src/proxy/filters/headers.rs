@@ -1,6 +1,7 @@
 //! Headers switchyard adds or edits on the way up and down.
 
 use crate::runtime::router::HeaderEdits;
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
 
@@ -15,25 +16,48 @@ pub struct Forwarded<'a> {
 }
 
 pub fn forwarded(req: &mut RequestHeader, f: &Forwarded<'_>) -> pingora::Result<()> {
+    // One formatted value serves both headers in the common case (client = socket peer).
+    let client = f.client_ip.map(ip_value);
     if let Some(peer) = f.peer_ip {
-        let chain = match req
+        let previous = req
             .headers
             .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) if f.peer_trusted && !prev.is_empty() => format!("{prev}, {peer}"),
-            _ => peer.to_string(),
+            .filter(|v| f.peer_trusted && !v.is_empty());
+        let chain = match (previous, &client) {
+            (Some(prev), _) => {
+                let mut chain = Vec::with_capacity(prev.len() + 2 + 39);
+                chain.extend_from_slice(prev.as_bytes());
+                chain.extend_from_slice(b", ");
+                chain.extend_from_slice(ip_value(peer).as_bytes());
+                HeaderValue::from_bytes(&chain)
+                    .map_err(|_| pingora::Error::new_str("invalid X-Forwarded-For"))?
+            }
+            (None, Some(c)) if f.client_ip == Some(peer) => c.clone(),
+            (None, _) => ip_value(peer),
         };
         req.insert_header("x-forwarded-for", chain)?;
     }
-    if let Some(ip) = f.client_ip {
-        req.insert_header("x-real-ip", ip.to_string())?;
+    if let Some(ip) = client {
+        req.insert_header("x-real-ip", ip)?;
     }
-    req.insert_header("x-forwarded-proto", if f.tls { "https" } else { "http" })?;
+    let proto = if f.tls { "https" } else { "http" };
+    req.insert_header("x-forwarded-proto", HeaderValue::from_static(proto))?;
     if !f.host.is_empty() {
         req.insert_header("x-forwarded-host", f.host)?;
     }
     Ok(())
+}
+
+/// An IP address as a header value, formatted without an intermediate `String`.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    use std::io::Write;
+    let mut buf = [0u8; 46];
+    let mut w = &mut buf[..];
+    let len = match write!(w, "{ip}") {
+        Ok(()) => 46 - w.len(),
+        Err(_) => 0,
+    };
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 pub fn edit_request(req: &mut RequestHeader, edits: &HeaderEdits) -> pingora::Result<()> {
@@ -61,7 +85,7 @@ pub fn edit_response(resp: &mut ResponseHeader, edits: &HeaderEdits) -> pingora:
 pub fn security(resp: &mut ResponseHeader, tls: bool) -> pingora::Result<()> {
     let mut add = |name: &'static str, value: &'static str| -> pingora::Result<()> {
         if resp.headers.get(name).is_none() {
-            resp.insert_header(name, value)?;
+            resp.insert_header(name, HeaderValue::from_static(value))?;
         }
         Ok(())
     };
@@ -107,5 +131,34 @@ mod tests {
         let mut req = RequestHeader::build("GET", b"/v1", None).unwrap();
         strip_prefix(&mut req, "/v1/").unwrap();
         assert_eq!(req.uri.to_string(), "/");
+    }
+
+    fn forwarded_for(prev: Option<&str>, client: &str, peer: &str, trusted: bool) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("req");
+        if let Some(p) = prev {
+            req.insert_header("x-forwarded-for", p).expect("xff");
+        }
+        let f = Forwarded {
+            client_ip: client.parse().ok(),
+            peer_trusted: trusted,
+            peer_ip: peer.parse().ok(),
+            host: "h",
+            tls: false,
+        };
+        forwarded(&mut req, &f).expect("forwarded");
+        req
+    }
+
+    #[test]
+    fn chains_after_a_trusted_proxy_only() {
+        let direct = forwarded_for(Some("6.6.6.6"), "10.0.0.1", "10.0.0.1", false);
+        assert_eq!(direct.headers["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(direct.headers["x-real-ip"], "10.0.0.1");
+        let via = forwarded_for(Some("203.0.113.9"), "203.0.113.9", "10.0.0.2", true);
+        assert_eq!(via.headers["x-forwarded-for"], "203.0.113.9, 10.0.0.2");
+        assert_eq!(via.headers["x-real-ip"], "203.0.113.9");
+        assert_eq!(via.headers["x-forwarded-proto"], "http");
+        let v6 = forwarded_for(None, "2001:db8::1", "2001:db8::1", false);
+        assert_eq!(v6.headers["x-forwarded-for"], "2001:db8::1");
     }
 }

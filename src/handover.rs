@@ -47,7 +47,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
 
 impl Process {
     pub fn current(daemon: bool) -> Process {
-        let exe = std::env::current_exe().ok();
+        let exe = started_as();
         let exe_stamp = exe.as_deref().and_then(stamp);
         Process {
             exe,
@@ -129,6 +129,16 @@ impl Process {
         // Pingora's own SIGQUIT path: send the sockets, keep answering for a while, drain.
         signal_hook::low_level::raise(signal_hook::consts::SIGQUIT)
             .map_err(|e| format!("cannot raise SIGQUIT: {e}"))
+    }
+}
+
+/// The path this process was started by (`ExecStart=`'s), so that a symlink moved to a new
+/// release counts as a new binary; the resolved executable when started through `PATH`.
+fn started_as() -> Option<PathBuf> {
+    let argv0 = std::env::args_os().next().map(PathBuf::from);
+    match argv0 {
+        Some(p) if p.components().count() > 1 => std::path::absolute(&p).ok(),
+        _ => std::env::current_exe().ok(),
     }
 }
 

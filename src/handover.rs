@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// How long the new process may take to validate the file and to open its upgrade socket.
 const START_LIMIT: Duration = Duration::from_secs(30);
-/// How long readiness waits for the listeners before it is announced anyway.
-const LISTEN_LIMIT: Duration = Duration::from_secs(10);
+/// How often a listener that is still not bound is reported.
+const LISTEN_WARNING: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
 
 static HANDING_OVER: AtomicBool = AtomicBool::new(false);
@@ -189,14 +189,22 @@ async fn wait_for_socket(child: &mut Child, socket: &Path) -> Result<(), String>
 
 /// Tells systemd (when `NOTIFY_SOCKET` is set) that this process serves, once every listen
 /// address is bound: `READY=1` on a start, and `MAINPID=` so that after an upgrade systemd
-/// tracks the new process instead of the one that is leaving.
+/// tracks the new process instead of the one that is leaving. Pingora retries a bind that
+/// fails (address in use) forever; until it succeeds READY is withheld, so `systemctl start`
+/// fails by its timeout instead of reporting a proxy that does not listen.
 pub async fn announce_ready(listen: Vec<String>) {
     let ports: HashSet<u16> = listen.iter().filter_map(|a| port_of(a)).collect();
-    let end = Instant::now() + LISTEN_LIMIT;
-    while !ports.is_subset(&listening_ports()) {
-        if Instant::now() > end {
-            log::warn!("not every listener is bound after {LISTEN_LIMIT:?}; announcing anyway");
+    let mut warn_at = Instant::now() + LISTEN_WARNING;
+    // No readable socket table: nothing to wait for that can be seen.
+    while let Some(listening) = listening_ports() {
+        let mut missing: Vec<u16> = ports.difference(&listening).copied().collect();
+        if missing.is_empty() {
             break;
+        }
+        if Instant::now() > warn_at {
+            missing.sort_unstable();
+            log::warn!("not listening yet on port(s) {missing:?} (in use by another process?); readiness is withheld until they are bound");
+            warn_at += LISTEN_WARNING;
         }
         tokio::time::sleep(POLL).await;
     }
@@ -216,29 +224,54 @@ fn port_of(listen: &str) -> Option<u16> {
     listen.rsplit_once(':')?.1.parse().ok()
 }
 
-/// Ports in the LISTEN state in this process's network namespace.
-fn listening_ports() -> HashSet<u16> {
+/// Ports this process listens on (LISTEN sockets of the namespace whose inode is one of this
+/// process's descriptors: another process on the same port does not count); `None` when the
+/// socket tables cannot be read.
+fn listening_ports() -> Option<HashSet<u16>> {
     const LISTEN: &str = "0A";
+    let ours = own_socket_inodes();
     let mut ports = HashSet::new();
+    let mut readable = false;
     for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
         };
-        // Columns: sl, local_address (hex ip:port), rem_address, st, ...
+        readable = true;
+        // Columns: sl, local_address (hex ip:port), rem_address, st, tx:rx queue, tr:when,
+        // retrnsmt, uid, timeout, inode, ...
         for line in text.lines().skip(1) {
-            let mut cols = line.split_whitespace();
-            let (Some(local), Some(state)) = (cols.nth(1), cols.nth(1)) else {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(&LISTEN), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9))
+            else {
                 continue;
             };
             let port = local
                 .rsplit_once(':')
                 .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            if let (LISTEN, Some(port)) = (state, port) {
+            if let (Some(port), true) = (port, ours.contains(*inode)) {
                 ports.insert(port);
             }
         }
     }
-    ports
+    readable.then_some(ports)
+}
+
+/// The inodes of this process's sockets, from the `socket:[INODE]` links in /proc/self/fd.
+fn own_socket_inodes() -> HashSet<String> {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return HashSet::new();
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?;
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -246,12 +279,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_bound_listener_is_seen() {
+    fn a_bound_listener_of_this_process_is_seen() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
-        assert!(listening_ports().contains(&port));
+        assert!(listening_ports().expect("/proc").contains(&port));
         drop(l);
-        assert!(!listening_ports().contains(&port));
+        assert!(!listening_ports().expect("/proc").contains(&port));
     }
 
     #[test]

@@ -327,3 +327,33 @@ async fn reload_keeps_serving_when_the_new_binary_refuses_the_config() {
     assert_eq!(r.status(), 200);
     assert_eq!(admin_pid(&p).await, Some(u64::from(p.pid())));
 }
+
+/// A listen port held by another process: Pingora keeps retrying the bind, and systemd is not
+/// told READY until the port is free and bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_waits_until_every_listener_is_bound() {
+    let up = Upstream::start("up").await;
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = squatter.local_addr().expect("addr").port();
+    let mut p = Proxy::new();
+    let systemd = FakeSystemd::bind(p.dir.path());
+    p.env
+        .push(("NOTIFY_SOCKET".into(), systemd.path.display().to_string()));
+    p.write_config(&config(port, &up));
+    p.spawn().await;
+    let early = tokio::time::timeout(Duration::from_secs(2), systemd.main_pid_other_than(0)).await;
+    assert!(
+        early.is_err(),
+        "READY while port {port} is not bound: {early:?}"
+    );
+    drop(squatter);
+    let (pid, ready) = systemd.main_pid_other_than(0).await;
+    assert_eq!(pid, p.pid());
+    assert!(ready.contains("READY=1"), "{ready}");
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}/u"))
+        .send()
+        .await
+        .expect("served once bound");
+    assert_eq!(r.status(), 200);
+}

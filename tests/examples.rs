@@ -205,21 +205,26 @@ async fn ask(ws: &mut Wss) -> String {
     try_ask(ws).await.expect("an echo")
 }
 
-/// A fresh WebSocket's first exchange. A reset of a brand-new tunnel is retried once on a new
-/// connection (seen rarely under load; see the session notes), and reported.
-async fn ask_new(port: u16, ca: &TestCa, local: &str, p: &Proxy) -> String {
+/// A fresh WebSocket and its first exchange. A reset of a brand-new tunnel is retried once on
+/// a new connection (seen rarely under load; see the session notes), and reported.
+async fn open_and_ask(port: u16, ca: &TestCa, local: &str, p: &Proxy) -> (Wss, String) {
     let mut ws = wss(port, ca, local).await;
     match try_ask(&mut ws).await {
-        Ok(home) => home,
+        Ok(home) => (ws, home),
         Err(e) => {
             eprintln!(
                 "new WebSocket from {local} failed ({e}); proxy log tail:\n{}",
                 tail(&p.stderr())
             );
             let mut again = wss(port, ca, local).await;
-            ask(&mut again).await
+            let home = ask(&mut again).await;
+            (again, home)
         }
     }
+}
+
+async fn ask_new(port: u16, ca: &TestCa, local: &str, p: &Proxy) -> String {
+    open_and_ask(port, ca, local, p).await.1
 }
 
 fn tail(s: &str) -> String {
@@ -286,8 +291,7 @@ async fn chat_api_example() {
     assert_eq!(r.status(), 308);
 
     // Sticky WebSockets: one client IP, one instance; many IPs spread out.
-    let mut first = wss(https, &ca, "127.0.0.1").await;
-    let home = ask(&mut first).await;
+    let (mut first, home) = open_and_ask(https, &ca, "127.0.0.1", &p).await;
     for _ in 0..20 {
         assert_eq!(
             ask_new(https, &ca, "127.0.0.1", &p).await,

@@ -16,9 +16,10 @@ use crate::runtime::State;
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+use tokio::process::{Child, Command};
 
 /// How long the new process may take to validate the file and to open its upgrade socket.
 const START_LIMIT: Duration = Duration::from_secs(30);
@@ -118,13 +119,10 @@ impl Process {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
         wait_for_socket(&mut child, &socket).await?;
-        log::info!(
-            "upgrade: handing the listening sockets to pid {}",
-            child.id()
-        );
+        let pid = child.id().unwrap_or_default();
+        log::info!("upgrade: handing the listening sockets to pid {pid}");
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!(
-            "handing over to pid {}",
-            child.id()
+            "handing over to pid {pid}"
         ))]);
         // Pingora's own SIGQUIT path: send the sockets, keep answering for a while, drain.
         signal_hook::low_level::raise(signal_hook::consts::SIGQUIT)
@@ -144,7 +142,7 @@ fn started_as() -> Option<PathBuf> {
 
 /// Runs `EXE check -c FILE`: the new binary must accept the file before anything is handed.
 async fn validate(exe: &Path, config: &Path) -> Result<(), String> {
-    let run = tokio::process::Command::new(exe)
+    let run = Command::new(exe)
         .args(["check", "-c"])
         .arg(config)
         .stdin(Stdio::null())
@@ -176,8 +174,7 @@ async fn wait_for_socket(child: &mut Child, socket: &Path) -> Result<(), String>
             return Ok(());
         }
         if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = child.kill().await;
             return Err(format!(
                 "the new process did not open {} in time",
                 socket.display()

@@ -160,14 +160,16 @@ async fn graceful_upgrade_hands_sockets_over_without_failures() {
 /// Stands in for systemd's end of `NOTIFY_SOCKET`: collects what the processes announce.
 struct FakeSystemd {
     socket: tokio::net::UnixDatagram,
-    path: std::path::PathBuf,
 }
 
 impl FakeSystemd {
-    fn bind(dir: &std::path::Path) -> FakeSystemd {
-        let path = dir.join("notify.sock");
+    /// Binds the socket in the proxy's folder and gives its path to the proxy as systemd does.
+    fn attach(p: &mut Proxy) -> FakeSystemd {
+        let path = p.dir.path().join("notify.sock");
         let socket = tokio::net::UnixDatagram::bind(&path).expect("bind the notify socket");
-        FakeSystemd { socket, path }
+        p.env
+            .push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+        FakeSystemd { socket }
     }
 
     /// The next announcement that names a main pid other than `not`: (pid, whole message).
@@ -219,9 +221,7 @@ async fn reload_after_a_new_binary_hands_over_and_systemd_follows() {
     let up = Upstream::start("up").await;
     let port = free_port();
     let mut p = with_own_binary();
-    let systemd = FakeSystemd::bind(p.dir.path());
-    p.env
-        .push(("NOTIFY_SOCKET".into(), systemd.path.display().to_string()));
+    let systemd = FakeSystemd::attach(&mut p);
     p.write_config(&config(port, &up));
     p.spawn().await;
     let old_pid = p.pid();
@@ -336,9 +336,7 @@ async fn ready_waits_until_every_listener_is_bound() {
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = squatter.local_addr().expect("addr").port();
     let mut p = Proxy::new();
-    let systemd = FakeSystemd::bind(p.dir.path());
-    p.env
-        .push(("NOTIFY_SOCKET".into(), systemd.path.display().to_string()));
+    let systemd = FakeSystemd::attach(&mut p);
     p.write_config(&config(port, &up));
     p.spawn().await;
     let early = tokio::time::timeout(Duration::from_secs(2), systemd.main_pid_other_than(0)).await;

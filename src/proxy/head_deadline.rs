@@ -35,9 +35,10 @@ const RUNNING: u8 = 0;
 const WAITING: u8 = 1;
 const DISARMED: u8 = 2;
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
-/// The whole client connection preface, as Pingora's h2c detection reads it.
+/// The HTTP/2 client connection preface, as Pingora's h2c detection reads it whole.
 const H2C_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Enough of the preface to recognise HTTP/2 in the first read.
+const H2_PREFACE: &[u8] = H2C_PREFACE.split_at(14).0;
 
 impl<A> HeadDeadlineApp<A> {
     pub fn new(inner: A, state: Arc<crate::runtime::State>, listener: &str) -> Self {

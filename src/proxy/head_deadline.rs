@@ -7,11 +7,12 @@
 //! head has been parsed (`early_request_filter`) and re-arms it for the next request on a
 //! keep-alive connection, with the clock starting at that request's first byte. HTTP/2
 //! connections (ALPN h2, or the h2c preface) are never armed: their streams are multiplexed.
-//! The same wrapper counts open connections for `switchyard_downstream_connections`, and runs
-//! the HTTP/1 keep-alive loop itself so that an idle connection holds only its socket: Pingora's
-//! own loop creates the next session (a ~13 KiB proxy future and a 4 KiB head buffer) right
-//! away and keeps it while the client is silent; this one waits for the first byte first
-//! (measured in docs/benchmarks.md, "scale").
+//! The same wrapper counts open connections for `switchyard_downstream_connections`, serves
+//! each connection in a task of its own (Pingora's connection task is sized for a TLS
+//! handshake), and runs the HTTP/1 keep-alive loop itself so that an idle connection holds only
+//! its socket: Pingora's own loop creates the next session (a ~13 KiB proxy future and a 4 KiB
+//! head buffer) right away and keeps it while the client is silent; this one waits for the
+//! first byte first (measured in docs/benchmarks.md, "scale").
 
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
@@ -61,19 +62,19 @@ pub struct HeadDeadlineApp<A> {
 
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeadDeadlineApp<A> {
+    /// Pingora's task for a new connection is sized for the largest thing it may do, a TLS
+    /// handshake (8.8 KiB, measured in docs/benchmarks.md, "scale"), and lives as long as the
+    /// connection. The connection moves to a task of its own that holds only what serving
+    /// it needs, and Pingora's task ends here.
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let _open = OpenConnection::new(&self.listener);
-        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let limit = self.state.snapshot().edge.header_timeout;
-        let mut guarded = HeadGuard::new(stream, limit, !h2);
-        if h2 || (self.h2c() && guarded.starts_with_h2c_preface().await) {
-            return ServerApp::process_new(&self.inner, Box::new(guarded), shutdown).await;
-        }
-        self.serve_http1(Box::new(guarded), shutdown).await
+        let app = Arc::clone(self);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { app.serve(stream, &shutdown).await });
+        None
     }
 
     async fn cleanup(&self) {
@@ -82,17 +83,25 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeadDeadlineApp<A> 
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> HeadDeadlineApp<A> {
+    async fn serve(self: Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        let _open = OpenConnection::new(&self.listener);
+        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let limit = self.state.snapshot().edge.header_timeout;
+        let mut guarded = HeadGuard::new(stream, limit, !h2);
+        if h2 || (self.h2c() && guarded.starts_with_h2c_preface().await) {
+            ServerApp::process_new(&self.inner, Box::new(guarded), shutdown).await;
+        } else {
+            self.serve_http1(Box::new(guarded), shutdown).await;
+        }
+    }
+
     fn h2c(&self) -> bool {
         self.inner.server_options().is_some_and(|o| o.h2c)
     }
 
     /// Pingora's HTTP/1 keep-alive loop, except that between requests it waits for the next
     /// request's first byte (within `edge.keepalive_timeout`) before it builds a session.
-    async fn serve_http1(
-        self: &Arc<Self>,
-        mut stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
+    async fn serve_http1(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
         let mut persisted: Option<HttpPersistentSettings> = None;
         loop {
             let mut session = ServerSession::new_http1(stream);
@@ -109,15 +118,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> HeadDeadlineApp<A> {
                     );
                 }
             }
-            let (next, settings) = self
-                .inner
-                .process_new_http(session, shutdown)
-                .await?
-                .consume();
+            let Some(served) = self.inner.process_new_http(session, shutdown).await else {
+                return;
+            };
+            let (next, settings) = served.consume();
             stream = next;
             persisted = settings;
             if !self.next_request_arrives(&mut stream, shutdown).await {
-                return None;
+                return;
             }
         }
     }

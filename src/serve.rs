@@ -27,8 +27,10 @@ use std::sync::Arc;
 /// connection, 4 KiB → 43 KB (19 KB with the lean keep-alive loop), 1 KiB → 16 KB, with no
 /// change in requests/s.
 const PLAIN_READ_BUFFER: usize = 1024;
-/// Read buffer of a TLS client connection: one whole 16 KiB TLS record.
-const TLS_READ_BUFFER: usize = 16 * 1024;
+/// Read buffer of a TLS client connection: none. rustls reads whole records into its own
+/// buffer, so a second one below it only copies; without it an idle TLS keep-alive connection
+/// holds 17 KB instead of 36 KB, with the same syscalls per request (docs/benchmarks.md, TLS).
+const TLS_READ_BUFFER: usize = 0;
 
 pub struct RunOptions {
     pub config: PathBuf,

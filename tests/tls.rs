@@ -140,13 +140,14 @@ async fn read_answer<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
 /// waits for the next request differently on streams that cannot peek).
 #[tokio::test(flavor = "multi_thread")]
 async fn keep_alive_reuses_a_tls_connection() {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::start("up").await;
     let ca = TestCa::new("edge");
     let mut p = Proxy::new();
     ca.write(p.dir.path(), "a", &["a.test"]);
     let port = free_port();
-    p.write_config(&listener_with_certs(port, &up, "{cert: a.crt, key: a.key}"));
+    let config = listener_with_certs(port, &up, "{cert: a.crt, key: a.key}");
+    p.write_config(&format!("{config}edge: {{keepalive_timeout: 1s}}\n"));
     p.spawn().await;
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -163,6 +164,14 @@ async fn keep_alive_reuses_a_tls_connection() {
             "request {i} on the same connection"
         );
     }
+    // Between requests the proxy waits for the next one without a session (it reads one byte
+    // ahead); a connection that stays silent is still closed after edge.keepalive_timeout.
+    let mut rest = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "an idle TLS keep-alive connection stayed open: {closed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

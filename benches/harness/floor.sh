@@ -13,37 +13,11 @@ bare=${BARE_BIN:-$here/target/release/examples/bare_pingora}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 CONNS=${CONNS:-50}
-work=$(mktemp -d /tmp/switchyard-floor-bench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=lib.sh
+. "$here/benches/harness/lib.sh"
 
 P_UP=18301
 declare -A PORT=([nginx]=18311 [bare]=18312 [switchyard]=18313) PID=()
-
-nginx_conf() {  # dir server-block
-  mkdir -p "$1/tmp"
-  cat >"$1/nginx.conf" <<EOF
-worker_processes 1;
-master_process off;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-daemon off;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_timeout 300s;
-  keepalive_requests 1000000;
-  client_body_temp_path $1/tmp/body; proxy_temp_path $1/tmp/proxy;
-  fastcgi_temp_path $1/tmp/fcgi; uwsgi_temp_path $1/tmp/uwsgi; scgi_temp_path $1/tmp/scgi;
-  $2
-}
-EOF
-}
 
 body=$(head -c 127 /dev/zero | tr '\0' 'x')
 nginx_conf "$work/up" "server { listen 127.0.0.1:$P_UP backlog=4096; location / { return 200 \"$body\n\"; } }"

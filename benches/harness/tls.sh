@@ -11,38 +11,11 @@ bin=${SWITCHYARD_BIN:-$here/target/release/switchyard}
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-50}
-work=$(mktemp -d /tmp/switchyard-tls-bench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=lib.sh
+. "$here/benches/harness/lib.sh"
 
 P_UP=18201 P_NGINX=18202 P_OURS=18203 P_ADMIN=18204
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
-  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
-  -keyout "$work/edge.key" -out "$work/edge.crt" 2>/dev/null
-
-nginx_conf() {  # dir  server-block
-  mkdir -p "$1/tmp"
-  cat >"$1/nginx.conf" <<EOF
-worker_processes 1;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-daemon off;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_timeout 300s;
-  keepalive_requests 1000000;
-  client_body_temp_path $1/tmp/body; proxy_temp_path $1/tmp/proxy;
-  fastcgi_temp_path $1/tmp/fcgi; uwsgi_temp_path $1/tmp/uwsgi; scgi_temp_path $1/tmp/scgi;
-  $2
-}
-EOF
-}
+edge_cert
 
 body=$(head -c 127 /dev/zero | tr '\0' 'x')
 nginx_conf "$work/up" "server { listen 127.0.0.1:$P_UP backlog=4096; location / { return 200 \"$body\n\"; } }"

@@ -12,7 +12,8 @@
 //! handshake), and runs the HTTP/1 keep-alive loop itself so that an idle connection holds only
 //! its socket: Pingora's own loop creates the next session (a ~13 KiB proxy future and a 4 KiB
 //! head buffer) right away and keeps it while the client is silent; this one waits for the
-//! first byte first (measured in docs/benchmarks.md, "scale").
+//! first byte first: peeked on plaintext, read ahead and kept by the guard on TLS (measured in
+//! docs/benchmarks.md, "scale" and "idle TLS connections").
 
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
@@ -29,7 +30,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 const RUNNING: u8 = 0;
@@ -140,8 +141,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HeadDeadlineApp<A> {
         }
         let mut first = [0u8; 1];
         tokio::select! {
-            // `Ok(false)`: this stream cannot peek (TLS); the session's own read then waits,
-            // as in Pingora's loop.
+            // A TLS stream cannot peek: the guard reads the byte ahead and keeps it.
             peeked = tokio::time::timeout(idle, stream.try_peek(&mut first)) => {
                 matches!(peeked, Ok(Ok(_)))
             }
@@ -172,6 +172,10 @@ pub struct HeadGuard {
     limit: Duration,
     state: AtomicU8,
     timer: Option<Pin<Box<Sleep>>>,
+    /// A byte read ahead of the session from a stream that cannot peek (TLS), so that an idle
+    /// TLS keep-alive connection waits for its next request without a session, as a plaintext
+    /// one does. Reads return it first.
+    ahead: Option<u8>,
 }
 
 impl std::fmt::Debug for HeadGuard {
@@ -196,6 +200,7 @@ impl HeadGuard {
             limit,
             state: AtomicU8::new(if armed { RUNNING } else { DISARMED }),
             timer: armed.then(|| Box::pin(tokio::time::sleep(limit))),
+            ahead: None,
         }
     }
 
@@ -216,6 +221,17 @@ impl HeadGuard {
     async fn starts_with_h2c_preface(&mut self) -> bool {
         let mut buf = [0u8; H2C_PREFACE.len()];
         matches!(self.try_peek(&mut buf).await, Ok(true)) && buf == *H2C_PREFACE
+    }
+
+    /// For a stream that cannot peek: reads the one byte asked for and keeps it for the next
+    /// read. False (nothing read) when more than one byte is asked for or a byte is kept already.
+    async fn read_ahead(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        if buf.len() != 1 || self.ahead.is_some() {
+            return Ok(false);
+        }
+        self.inner.read_exact(buf).await?;
+        self.ahead = Some(buf[0]);
+        Ok(true)
     }
 
     /// Finds the guard under a session's stream, if the connection has one.
@@ -242,7 +258,16 @@ impl AsyncRead for HeadGuard {
             return Poll::Ready(Err(timed_out()));
         }
         let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let result = match self.ahead.take() {
+            Some(byte) if buf.remaining() > 0 => {
+                buf.put_slice(&[byte]);
+                Poll::Ready(Ok(()))
+            }
+            ahead => {
+                self.ahead = ahead;
+                Pin::new(&mut self.inner).poll_read(cx, buf)
+            }
+        };
         if let Poll::Ready(Ok(())) = result {
             let fresh = &buf.filled()[before..];
             if before == 0 && fresh.starts_with(H2_PREFACE) {
@@ -366,6 +391,7 @@ impl Peek for HeadGuard {
         } else {
             self.inner.try_peek(buf).await?
         };
+        let peeked = peeked || self.read_ahead(buf).await?;
         if peeked && buf.starts_with(H2_PREFACE) {
             self.disarm();
         }

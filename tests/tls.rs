@@ -174,6 +174,37 @@ async fn keep_alive_reuses_a_tls_connection() {
     );
 }
 
+/// On TLS the byte that ends the wait for the next keep-alive request is read ahead by the
+/// head-deadline guard; it must still start that request's `edge.header_timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_keep_alive_head_over_tls_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("up").await;
+    let ca = TestCa::new("edge");
+    let mut p = Proxy::new();
+    ca.write(p.dir.path(), "a", &["a.test"]);
+    let port = free_port();
+    let config = listener_with_certs(port, &up, "{cert: a.crt, key: a.key}");
+    p.write_config(&format!("{config}edge: {{header_timeout: 1s}}\n"));
+    p.spawn().await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("a.test").expect("name");
+    let mut tls = ca.connector().connect(name, tcp).await.expect("handshake");
+    tls.write_all(b"GET /first HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(read_answer(&mut tls).await, "HTTP/1.1 200 OK");
+    tls.write_all(b"GET /second HT").await.expect("write");
+    let mut rest = [0u8; 64];
+    let cut = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut rest)).await;
+    assert!(
+        matches!(cut, Ok(Ok(0)) | Ok(Err(_))),
+        "a stalled second head stayed open: {cut:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replaced_certificates_are_served_after_reload_without_restart() {
     let up = Upstream::start("up").await;

@@ -12,15 +12,9 @@ idle_conns=${IDLE_CONNS:-$here/../shared/bench/lib/idle_conns.py}
 N=${N:-1000}
 group=probe_$(basename "$bin" | tr -c 'a-zA-Z0-9_\n' _)
 P_UP=18501 P_PROXY=18502 P_ADMIN=18503
-work=$(mktemp -d /tmp/switchyard-idle-allocs.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  perf probe -q -d "$group:*" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=lib.sh
+. "$here/benches/harness/lib.sh"
+trap 'perf probe -q -d "$group:*" 2>/dev/null || true; cleanup' EXIT
 
 for spec in 'mi_malloc_aligned size=%di:u64' 'mi_malloc_aligned%return ret=$retval:u64' \
   'mi_zalloc_aligned size=%di:u64' 'mi_zalloc_aligned%return ret=$retval:u64' \
@@ -29,15 +23,8 @@ for spec in 'mi_malloc_aligned size=%di:u64' 'mi_malloc_aligned%return ret=$retv
   perf probe -q -x "$bin" --add "$spec" >/dev/null
 done
 
-mkdir -p "$work/up/tmp" "$work/sy"
-cat >"$work/up/nginx.conf" <<EOF
-worker_processes 1; master_process off; daemon off;
-pid $work/up/nginx.pid; error_log $work/up/error.log warn;
-events { worker_connections 4096; }
-http { access_log off; client_body_temp_path $work/up/tmp/b; proxy_temp_path $work/up/tmp/p;
-  fastcgi_temp_path $work/up/tmp/f; uwsgi_temp_path $work/up/tmp/u; scgi_temp_path $work/up/tmp/s;
-  server { listen 127.0.0.1:$P_UP backlog=4096; location / { return 200 "ok\n"; } } }
-EOF
+mkdir -p "$work/sy"
+nginx_conf "$work/up" "server { listen 127.0.0.1:$P_UP backlog=4096; location / { return 200 \"ok\n\"; } }"
 nginx -p "$work/up/" -c "$work/up/nginx.conf" -e "$work/up/error.log" &
 pids+=($!)
 BENCH_WORK=$work/sy BENCH_LISTEN=127.0.0.1:$P_PROXY BENCH_UPSTREAM=127.0.0.1:$P_UP \

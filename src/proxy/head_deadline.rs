@@ -223,9 +223,13 @@ impl HeadGuard {
         matches!(self.try_peek(&mut buf).await, Ok(true)) && buf == *H2C_PREFACE
     }
 
-    /// For a stream that cannot peek: reads the one byte asked for and keeps it for the next
-    /// read. False (nothing read) when more than one byte is asked for or a byte is kept already.
-    async fn read_ahead(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+    /// Peeks; a stream that cannot (TLS) has the one byte asked for read and kept for the next
+    /// read instead. False (nothing seen) when such a stream is asked for more than one byte or
+    /// a byte is kept already.
+    async fn peek_or_read_ahead(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        if self.inner.try_peek(buf).await? {
+            return Ok(true);
+        }
         if buf.len() != 1 || self.ahead.is_some() {
             return Ok(false);
         }
@@ -258,15 +262,13 @@ impl AsyncRead for HeadGuard {
             return Poll::Ready(Err(timed_out()));
         }
         let before = buf.filled().len();
-        let result = match self.ahead.take() {
+        let result = match self.ahead {
             Some(byte) if buf.remaining() > 0 => {
+                self.ahead = None;
                 buf.put_slice(&[byte]);
                 Poll::Ready(Ok(()))
             }
-            ahead => {
-                self.ahead = ahead;
-                Pin::new(&mut self.inner).poll_read(cx, buf)
-            }
+            _ => Pin::new(&mut self.inner).poll_read(cx, buf),
         };
         if let Poll::Ready(Ok(())) = result {
             let fresh = &buf.filled()[before..];
@@ -385,13 +387,12 @@ impl Peek for HeadGuard {
                 .as_ref()
                 .map(|t| t.deadline().saturating_duration_since(Instant::now()))
                 .unwrap_or(self.limit);
-            tokio::time::timeout(left, self.inner.try_peek(buf))
+            tokio::time::timeout(left, self.peek_or_read_ahead(buf))
                 .await
                 .map_err(|_| timed_out())??
         } else {
-            self.inner.try_peek(buf).await?
+            self.peek_or_read_ahead(buf).await?
         };
-        let peeked = peeked || self.read_ahead(buf).await?;
         if peeked && buf.starts_with(H2_PREFACE) {
             self.disarm();
         }

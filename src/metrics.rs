@@ -30,6 +30,10 @@ metric!(RETRIES: IntCounterVec = register_int_counter_vec!(
 metric!(RATE_LIMITED: IntCounterVec = register_int_counter_vec!(
     "switchyard_rate_limited_total", "Requests refused with 429 by a route's rate limit.",
     &["route"]));
+metric!(SLOW_BODIES: IntCounterVec = register_int_counter_vec!(
+    "switchyard_request_body_too_slow_total",
+    "Requests answered 408 because the body came slower than edge.min_body_rate.",
+    &["route"]));
 metric!(TCP_CONNECTIONS: IntCounterVec = register_int_counter_vec!(
     "switchyard_tcp_connections_total", "Connections tunnelled by TCP listeners.", &["listener"]));
 metric!(TCP_BYTES: IntCounterVec = register_int_counter_vec!(
@@ -78,6 +82,7 @@ pub struct RouteMetrics {
 impl RouteMetrics {
     pub fn new(route: &str, pool: Option<&str>) -> Self {
         RETRIES.with_label_values(&[route]);
+        SLOW_BODIES.with_label_values(&[route]);
         RATE_LIMITED.with_label_values(&[route]);
         RouteMetrics {
             route: route.to_string(),

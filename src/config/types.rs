@@ -471,6 +471,19 @@ pub struct HeaderOps {
     pub remove: Vec<String>,
 }
 
+impl RouteConfig {
+    /// Whether `retry_on` says something other than its default.
+    pub fn retry_on_set(&self) -> bool {
+        self.retry_on != d::retry_on()
+    }
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
@@ -492,6 +505,45 @@ pub struct EdgeConfig {
     /// A request body must arrive whole within this, counted from the end of its head.
     #[serde(default = "d::body_timeout")]
     pub body_timeout: Dur,
+    /// Repeated slashes in a path are merged into one before routing.
+    #[serde(default = "d::yes")]
+    pub merge_slashes: bool,
+    /// `%2F`, `%5C` and a raw `\` in a path: refused (400) or kept as they are.
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+    /// A request body slower than this, after its grace period, is answered 408.
+    #[serde(default)]
+    pub min_body_rate: MinBodyRate,
+}
+
+/// What an encoded slash or backslash in a request path gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    #[default]
+    Reject,
+    Keep,
+}
+
+/// The least rate a request body may arrive at once its grace period is over (Kestrel's
+/// `MinRequestBodyDataRate`): a trickle is cut, a slow real upload survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinBodyRate {
+    /// 0 turns the check off.
+    #[serde(default = "d::min_body_bytes_per_second")]
+    pub bytes_per_second: u64,
+    #[serde(default = "d::min_body_grace")]
+    pub grace: Dur,
+}
+
+impl Default for MinBodyRate {
+    fn default() -> Self {
+        MinBodyRate {
+            bytes_per_second: d::min_body_bytes_per_second(),
+            grace: d::min_body_grace(),
+        }
+    }
 }
 
 impl Default for EdgeConfig {
@@ -505,6 +557,9 @@ impl Default for EdgeConfig {
             header_timeout: d::header_timeout(),
             keepalive_timeout: d::keepalive_timeout(),
             body_timeout: d::body_timeout(),
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::default(),
+            min_body_rate: MinBodyRate::default(),
         }
     }
 }
@@ -642,6 +697,12 @@ mod d {
     }
     pub fn keepalive_timeout() -> Dur {
         Dur::secs(60)
+    }
+    pub fn min_body_bytes_per_second() -> u64 {
+        240
+    }
+    pub fn min_body_grace() -> Dur {
+        Dur::secs(5)
     }
     pub fn log_format() -> String {
         "json".into()

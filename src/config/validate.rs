@@ -28,6 +28,27 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
 }
 
 /// A backend address: `ip:port` or `host:port` (resolved at run time).
+/// A route's host: an exact name, or `*.` followed by at least one label (`*.example.com`
+/// matches `api.example.com`, never `example.com` or `evilexample.com`).
+pub fn check_host_pattern(h: &str) -> Result<(), String> {
+    let name = match h.strip_prefix('*') {
+        Some(rest) => rest
+            .strip_prefix('.')
+            .ok_or_else(|| format!("invalid host {h:?}: a wildcard is written *.example.com"))?,
+        None => h,
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.split('.').all(label_ok) || (h == name && h.parse::<std::net::IpAddr>().is_ok()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid host {h:?}: write a name (api.example.com) or *. and a name (*.example.com)"
+        ))
+    }
+}
+
 pub fn check_host_port(text: &str) -> Result<(), String> {
     if text.parse::<SocketAddr>().is_ok() {
         return Ok(());
@@ -170,6 +191,14 @@ impl Validator {
                             format!("{p}.pool"),
                             format!("pool {name:?} has no backends"),
                         ),
+                        Some((name, Some(pool)))
+                            if pool.hash_on.as_deref().is_some_and(|h| h != "client_ip") =>
+                        {
+                            self.err(
+                                format!("{p}.pool"),
+                                format!("pool {name:?} hashes on a request part; a tcp listener has only the client IP (hash_on: client_ip)"),
+                            )
+                        }
                         Some(_) => {}
                     }
                 }
@@ -390,6 +419,15 @@ impl Validator {
             }
             if let Some(rl) = &r.rate_limit {
                 self.rate_limit(&format!("{p}.rate_limit"), rl);
+                if rl.key == "api_key" && r.auth.is_none() {
+                    self.err(
+                        format!("{p}.rate_limit.key"),
+                        "api_key counts the keys that pass the route's auth: add auth, or count by client_ip",
+                    );
+                }
+            }
+            if r.respond.is_some() {
+                self.respond_only(&p, r);
             }
             if let Some(cors) = &r.cors {
                 self.cors(&format!("{p}.cors"), cors);
@@ -437,6 +475,28 @@ impl Validator {
                 &format!("{p}.response_headers.remove"),
                 &r.response_headers.remove,
             );
+        }
+    }
+
+    /// A `respond` route answers by itself: options about a backend would be accepted and do
+    /// nothing, so they are refused.
+    fn respond_only(&mut self, p: &str, r: &RouteConfig) {
+        let ignored = [
+            ("openai", r.openai),
+            ("retry_on", r.retry_on_set()),
+            ("strip_prefix", r.strip_prefix.is_some()),
+            ("request_headers", !r.request_headers.is_empty()),
+            ("timeouts.read", r.timeouts.read.is_some()),
+            ("timeouts.total", r.timeouts.total.is_some()),
+            ("timeouts.websocket_idle", r.timeouts.websocket_idle.is_some()),
+        ];
+        for (key, set) in ignored {
+            if set {
+                self.err(
+                    format!("{p}.{key}"),
+                    "has no effect on a respond route (nothing is sent to a backend)",
+                );
+            }
         }
     }
 
@@ -535,8 +595,8 @@ impl Validator {
             }
         }
         for (i, h) in m.host.iter().enumerate() {
-            if h.is_empty() || h.contains('/') || h.contains(' ') {
-                self.err(format!("{p}.host[{i}]"), format!("invalid host {h:?}"));
+            if let Err(why) = check_host_pattern(h) {
+                self.err(format!("{p}.host[{i}]"), why);
             }
         }
         let names: Vec<String> = m.headers.keys().cloned().collect();

@@ -38,6 +38,7 @@ impl Edge {
                 request_id: &ctx.request_id,
                 extra: &[],
                 security: ctx.security(self.listener.tls),
+                edits: Some(&route.response_headers),
                 keepalive: true,
             };
             local.send(session).await?;
@@ -50,21 +51,16 @@ impl Edge {
         let deadline = ctx
             .body_deadline
             .unwrap_or_else(|| ctx.started + std::time::Duration::from_secs(60));
-        let body = match body::pre_read(session, limit, deadline.into()).await? {
+        let body = match body::pre_read(session, limit, deadline, ctx.pace()).await? {
             PreRead::Body(b) => b,
             PreRead::TooLarge => return self.refuse_body(session, ctx, limit).await.map(Some),
-            PreRead::TooSlow => {
-                let msg = text(408, "request body too slow");
-                return self.local(session, ctx, 408, msg, false).await.map(Some);
-            }
+            PreRead::TooSlow => return self.refuse_slow_body(session, ctx).await.map(Some),
             PreRead::Unreplayable(b) if !session.is_http2() => {
                 let model = openai::model_of(&b).ok();
                 body::refeed_h1(session, b).await?;
-                let keepalive = ctx
-                    .snapshot
-                    .as_ref()
-                    .map(|s| s.edge.keepalive_timeout.as_secs());
-                session.set_keepalive(keepalive.map(|k| k.max(1)));
+                if let Some(snap) = &ctx.snapshot {
+                    super::keep_alive(session, snap);
+                }
                 return match model {
                     Some(m) => self.choose_model(session, ctx, route, m, None).await,
                     None => self.openai_bad_body(session, ctx).await,

@@ -16,12 +16,14 @@ use crate::metrics;
 use crate::runtime::pool::NoBackend;
 use crate::runtime::pool::{InflightGuard, Member};
 use crate::runtime::router::{RequestView, Route, Target};
+use crate::runtime::snapshot::EdgePolicy;
 use crate::runtime::{HashOn, Snapshot, State};
 use async_trait::async_trait;
 use bytes::Bytes;
 use filters::auth::{self, ClientKey};
 use filters::body::{self, Declared, Held, Replay};
 use filters::cors::Cors;
+use filters::path::{self, BadPath};
 use filters::{acl, client_ip, headers, request_id};
 use head_deadline::HeadGuard;
 use openai::UsageScanner;
@@ -94,6 +96,50 @@ impl Ctx {
         };
         on.then_some(tls)
     }
+
+    /// `edge.min_body_rate`, counted from the end of the request head.
+    fn pace(&self) -> body::Pace {
+        let rate = self
+            .snapshot
+            .as_ref()
+            .map(|s| s.edge.min_body_rate)
+            .unwrap_or_default();
+        body::Pace::new(self.started, rate.bytes_per_second, rate.grace.get())
+    }
+}
+
+/// Keeps the connection for the next request for `edge.keepalive_timeout`, when the client
+/// asked for that: HTTP/1.0 without `Connection: keep-alive`, or `Connection: close`, closes
+/// after the answer (Pingora's own setter keeps an HTTP/1.0 connection open).
+fn keep_alive(session: &mut Session, snap: &Snapshot) {
+    if session.get_keepalive().is_some() {
+        session.set_keepalive(Some(snap.edge.keepalive_timeout.as_secs().max(1)));
+    }
+}
+
+/// Puts the normalised path into the request target (the query untouched), so that routing,
+/// every policy, the access log and the backend see the same path. A target kept verbatim
+/// by Pingora (absolute-form, not UTF-8) is rewritten too: the backend gets what was checked.
+fn normalize_target(req: &mut RequestHeader, edge: &EdgePolicy) -> std::result::Result<(), BadPath> {
+    let rules = path::Rules {
+        merge_slashes: edge.merge_slashes,
+        escaped_slashes: edge.escaped_slashes,
+    };
+    let normal = path::normalize(req.uri.path(), rules)?;
+    let from_uri = req.uri.path_and_query().map(|p| p.as_str().as_bytes());
+    if matches!(normal, std::borrow::Cow::Borrowed(_)) && from_uri == Some(req.raw_path()) {
+        return Ok(());
+    }
+    let mut target = normal.into_owned();
+    if let Some(q) = req.uri.query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    let mut parts = req.uri.clone().into_parts();
+    parts.path_and_query = Some(target.parse().map_err(|_| BadPath::BadEscape)?);
+    let uri = http::Uri::from_parts(parts).map_err(|_| BadPath::BadEscape)?;
+    req.set_uri(uri);
+    Ok(())
 }
 
 impl Edge {
@@ -150,11 +196,100 @@ impl Edge {
             request_id: &ctx.request_id,
             extra: &extra,
             security: ctx.security(self.listener.tls),
+            edits: ctx.route.as_ref().map(|r| &r.response_headers),
             keepalive,
         }
         .send(session)
         .await?;
         Ok(true)
+    }
+
+    /// The policies of the matched route, in order, for proxied and `respond` routes alike:
+    /// allow/deny, CORS preflight, auth, rate limit, the declared body size. `Some(done)` when
+    /// one of them answered.
+    async fn route_policies(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &Route,
+    ) -> Result<Option<bool>> {
+        if !acl::permits(ctx.client_ip, &route.allow, &route.deny) {
+            let msg = text(403, "forbidden");
+            return self.local(session, ctx, 403, msg, true).await.map(Some);
+        }
+        if let Some(cors) = &route.cors {
+            let headers = &session.req_header().headers;
+            if Cors::is_preflight(&session.req_header().method, headers) {
+                let answered = match cors.allowed_origin(headers) {
+                    Some(origin) => {
+                        let extra = cors.preflight_headers(origin, headers);
+                        self.local_with(session, ctx, 204, Bytes::new(), true, None, &extra)
+                            .await
+                    }
+                    None => {
+                        let msg = text(403, "origin not allowed");
+                        self.local(session, ctx, 403, msg, true).await
+                    }
+                };
+                return answered.map(Some);
+            }
+            ctx.cors_origin = cors.allowed_origin(headers).cloned();
+        }
+        if let Some(keys) = &route.keys {
+            match auth::check(&session.req_header().headers, keys) {
+                Some(k) => ctx.key = Some(k.clone()),
+                None => {
+                    let www = [(
+                        http::header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static("Bearer"),
+                    )];
+                    let msg = Bytes::from("Incorrect or missing API key.");
+                    return self
+                        .local_with(session, ctx, 401, msg, true, None, &www)
+                        .await
+                        .map(Some);
+                }
+            }
+        }
+        if let Some(limiter) = &route.rate {
+            let headers = &session.req_header().headers;
+            if let Err(limited) = limiter.check(ctx.client_ip, headers, ctx.key.as_ref()) {
+                metrics::RATE_LIMITED
+                    .with_label_values(&[route.name.as_str()])
+                    .inc();
+                let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let extra = [(http::header::RETRY_AFTER, http::HeaderValue::from(secs))];
+                let msg = text(429, "too many requests");
+                return self
+                    .local_with(session, ctx, 429, msg, true, None, &extra)
+                    .await
+                    .map(Some);
+            }
+        }
+        let limit = route.config.max_body.0;
+        if let Declared::Over(_) = self.declared_body(session, limit) {
+            return self.refuse_body(session, ctx, limit).await.map(Some);
+        }
+        Ok(None)
+    }
+
+    fn declared_body(&self, session: &Session, limit: u64) -> Declared {
+        let cl = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH);
+        body::declared(cl.map(|v| v.as_bytes()), limit)
+    }
+
+    /// Answers 408 to a body slower than `edge.min_body_rate` and closes the connection.
+    async fn refuse_slow_body(&self, session: &mut Session, ctx: &Ctx) -> Result<bool> {
+        if let Some(route) = &ctx.route {
+            metrics::SLOW_BODIES
+                .with_label_values(&[route.name.as_str()])
+                .inc();
+        }
+        let msg = text(408, "request body too slow");
+        self.local(session, ctx, 408, msg, false).await
     }
 
     /// Answers 413, then reads (and drops) a bounded part of the body so that a client still
@@ -328,7 +463,7 @@ impl ProxyHttp for Edge {
         if crate::runtime::draining() {
             session.set_keepalive(None);
         } else {
-            session.set_keepalive(Some(snap.edge.keepalive_timeout.as_secs().max(1)));
+            keep_alive(session, &snap);
         }
         let req = session.req_header();
         ctx.request_id = request_id::pick(&req.headers);
@@ -340,6 +475,10 @@ impl ProxyHttp for Edge {
         ctx.host = host_of(req).to_string();
         ctx.body_deadline = Some(ctx.started + snap.edge.body_timeout);
 
+        if let Err(why) = normalize_target(session.req_header_mut(), &snap.edge) {
+            let msg = Bytes::from(format!("400 bad path: {why}\n"));
+            return self.local(session, ctx, 400, msg, false).await;
+        }
         if !acl::permits(ctx.client_ip, &snap.edge.allow, &snap.edge.deny) {
             return self
                 .local(session, ctx, 403, text(403, "forbidden"), true)
@@ -364,27 +503,9 @@ impl ProxyHttp for Edge {
                 .await;
         };
         ctx.route = Some(route.clone());
-        if !acl::permits(ctx.client_ip, &route.allow, &route.deny) {
-            return self
-                .local(session, ctx, 403, text(403, "forbidden"), true)
-                .await;
-        }
-        if let Some(cors) = &route.cors {
-            let headers = &session.req_header().headers;
-            if Cors::is_preflight(&session.req_header().method, headers) {
-                return match cors.allowed_origin(headers) {
-                    Some(origin) => {
-                        let extra = cors.preflight_headers(origin, headers);
-                        self.local_with(session, ctx, 204, Bytes::new(), true, None, &extra)
-                            .await
-                    }
-                    None => {
-                        let msg = text(403, "origin not allowed");
-                        self.local(session, ctx, 403, msg, true).await
-                    }
-                };
-            }
-            ctx.cors_origin = cors.allowed_origin(headers).cloned();
+        ctx.openai = route.config.openai;
+        if let Some(done) = self.route_policies(session, ctx, &route).await? {
+            return Ok(done);
         }
         if let Target::Respond {
             status,
@@ -392,47 +513,9 @@ impl ProxyHttp for Edge {
             headers,
         } = &route.target
         {
-            let local = Local {
-                status: *status,
-                body: body.clone(),
-                content_type: "text/plain; charset=utf-8",
-                request_id: &ctx.request_id,
-                extra: headers,
-                security: ctx.security(self.listener.tls),
-                keepalive: true,
-            };
-            local.send(session).await?;
-            return Ok(true);
-        }
-
-        ctx.openai = route.config.openai;
-        if let Some(keys) = &route.keys {
-            match auth::check(&session.req_header().headers, keys) {
-                Some(k) => ctx.key = Some(k.clone()),
-                None => {
-                    let www = [(
-                        http::header::WWW_AUTHENTICATE,
-                        http::HeaderValue::from_static("Bearer"),
-                    )];
-                    let msg = Bytes::from("Incorrect or missing API key.");
-                    return self
-                        .local_with(session, ctx, 401, msg, true, None, &www)
-                        .await;
-                }
-            }
-        }
-        if let Some(limiter) = &route.rate {
-            if let Err(limited) = limiter.check(ctx.client_ip, &session.req_header().headers) {
-                metrics::RATE_LIMITED
-                    .with_label_values(&[route.name.as_str()])
-                    .inc();
-                let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                let extra = [(http::header::RETRY_AFTER, http::HeaderValue::from(secs))];
-                let msg = text(429, "too many requests");
-                return self
-                    .local_with(session, ctx, 429, msg, true, None, &extra)
-                    .await;
-            }
+            return self
+                .local_with(session, ctx, *status, body.clone(), true, None, headers)
+                .await;
         }
         if ctx.openai {
             if let Some(done) = self.openai_request(session, ctx, &route).await? {
@@ -440,16 +523,11 @@ impl ProxyHttp for Edge {
             }
         }
         let limit = route.config.max_body.0;
-        let cl = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_LENGTH);
-        match body::declared(cl.map(|v| v.as_bytes()), limit) {
-            _ if ctx.replay.is_some() => {}
-            Declared::Over(_) => return self.refuse_body(session, ctx, limit).await,
-            Declared::Within => {}
-            Declared::Unknown if !session.is_body_empty() => ctx.held = Some(Held::new(limit)),
-            Declared::Unknown => {}
+        if ctx.replay.is_none()
+            && !session.is_body_empty()
+            && matches!(self.declared_body(session, limit), Declared::Unknown)
+        {
+            ctx.held = Some(Held::new(limit));
         }
         if session.is_upgrade_req() {
             ctx.upgrade = true;
@@ -624,7 +702,7 @@ impl ProxyHttp for Edge {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
@@ -633,11 +711,22 @@ impl ProxyHttp for Edge {
             replay.apply(body, end_of_stream);
             return Ok(());
         }
-        if !ctx.upgrade && !end_of_stream && ctx.body_deadline.is_some_and(|d| Instant::now() > d) {
-            return Error::e_explain(
-                HTTPStatus(408),
-                "edge.body_timeout: the body came too slowly",
-            );
+        if !ctx.upgrade && !end_of_stream {
+            let now = Instant::now();
+            if ctx.body_deadline.is_some_and(|d| now > d) {
+                return Error::e_explain(
+                    HTTPStatus(408),
+                    "edge.body_timeout: the body came too slowly",
+                );
+            }
+            if ctx.pace().too_slow(session.body_bytes_read() as u64, now) {
+                if let Some(route) = &ctx.route {
+                    metrics::SLOW_BODIES
+                        .with_label_values(&[route.name.as_str()])
+                        .inc();
+                }
+                return Error::e_explain(HTTPStatus(408), "edge.min_body_rate: the body is too slow");
+            }
         }
         if let Some(held) = ctx.held.as_mut() {
             match held.push(body.take(), end_of_stream) {
@@ -710,7 +799,11 @@ impl ProxyHttp for Edge {
         if let Some(route) = &ctx.route {
             if let (Some(origin), Some(cors)) = (&ctx.cors_origin, &route.cors) {
                 for (name, value) in cors.response_headers(origin) {
-                    resp.insert_header(name, value)?;
+                    if name == http::header::VARY {
+                        headers::add_vary(resp, &value)?;
+                    } else {
+                        resp.insert_header(name, value)?;
+                    }
                 }
             }
             headers::edit_response(resp, &route.response_headers)?;

@@ -1,6 +1,7 @@
 //! Answers the proxy gives itself (404, 403, 413, 503, `respond` routes, redirects).
 
 use super::filters::{headers, request_id};
+use crate::runtime::router::HeaderEdits;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
@@ -15,6 +16,8 @@ pub struct Local<'a> {
     pub extra: &'a [(HeaderName, HeaderValue)],
     /// `Some(tls)` adds the security headers.
     pub security: Option<bool>,
+    /// The route's `response_headers`, applied last.
+    pub edits: Option<&'a HeaderEdits>,
     /// Keep the connection open afterwards (the request body was or will be drained).
     pub keepalive: bool,
 }
@@ -30,6 +33,9 @@ impl Local<'_> {
         }
         if let Some(tls) = self.security {
             headers::security(&mut r, tls)?;
+        }
+        if let Some(edits) = self.edits {
+            headers::edit_response(&mut r, edits)?;
         }
         Ok(r)
     }

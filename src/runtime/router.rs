@@ -199,7 +199,7 @@ impl Route {
             && self
                 .path_prefix
                 .as_deref()
-                .is_none_or(|p| req.path.starts_with(p))
+                .is_none_or(|p| under_prefix(req.path, p))
             && (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(req.host)))
             && self.headers.iter().all(|(name, want)| {
                 req.headers
@@ -223,6 +223,15 @@ impl Route {
             Target::Pool(p) => Some(p),
             Target::Respond { .. } => None,
         }
+    }
+}
+
+/// Whether `path` is `prefix` or lies under it, segment by segment: `/api` covers `/api`,
+/// `/api/` and `/api/x`, never `/apiv2`. A prefix ending in `/` covers what starts with it.
+pub fn under_prefix(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
     }
 }
 
@@ -425,6 +434,17 @@ mod tests {
         assert!(all("/api").is_empty());
         assert!(all("/").is_empty());
         assert!(all("").is_empty());
+    }
+
+    #[test]
+    fn whole_segment_prefixes() {
+        assert!(under_prefix("/api", "/api"));
+        assert!(under_prefix("/api/", "/api"));
+        assert!(under_prefix("/api/x", "/api"));
+        assert!(!under_prefix("/apiv2", "/api"));
+        assert!(under_prefix("/v1/x", "/v1/"));
+        assert!(!under_prefix("/v1", "/v1/"));
+        assert!(under_prefix("/anything", "/"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use super::pool::Pool;
 use super::router::{Route, Router};
-use crate::config::{parse_cidr, Loaded};
+use crate::config::{parse_cidr, EscapedSlashes, Loaded, MinBodyRate};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +20,9 @@ pub struct EdgePolicy {
     pub keepalive_timeout: Duration,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    pub merge_slashes: bool,
+    pub escaped_slashes: EscapedSlashes,
+    pub min_body_rate: MinBodyRate,
 }
 
 pub struct Snapshot {
@@ -60,6 +63,9 @@ impl Snapshot {
             keepalive_timeout: c.edge.keepalive_timeout.get(),
             header_timeout: c.edge.header_timeout.get(),
             body_timeout: c.edge.body_timeout.get(),
+            merge_slashes: c.edge.merge_slashes,
+            escaped_slashes: c.edge.escaped_slashes,
+            min_body_rate: c.edge.min_body_rate,
         };
 
         Snapshot {

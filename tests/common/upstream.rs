@@ -246,6 +246,10 @@ async fn handle(
         .insert("x-upstream", name.parse().expect("name header"));
     resp.headers_mut()
         .insert("x-remove-me", "1".parse().expect("header"));
+    // A backend's own `Vary`, on request (CORS must add to it, not replace it).
+    if let Some(v) = headers.get("x-want-vary") {
+        resp.headers_mut().insert("vary", v.clone());
+    }
     Ok(resp)
 }
 

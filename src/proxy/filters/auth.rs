@@ -31,6 +31,11 @@ impl ClientKey {
         })
     }
 
+    /// What identifies the key in counters: its SHA-256, never the secret.
+    pub fn id(&self) -> &[u8; 32] {
+        &self.digest
+    }
+
     pub fn allows(&self, model: &str) -> bool {
         self.models.is_empty() || self.models.iter().any(|m| m == model)
     }

@@ -3,7 +3,7 @@
 //! once it is complete and within the limit, so a backend never sees part of an oversized body.
 
 use bytes::{Bytes, BytesMut};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a refused body may keep arriving so that the client can read the 413.
 pub const DRAIN_TIME: Duration = Duration::from_secs(5);
@@ -59,6 +59,39 @@ impl Held {
     }
 }
 
+/// `edge.min_body_rate`: once the grace period is over, the body must have arrived at the
+/// least rate on average since its head, or the request is answered 408. A trickle of a byte a
+/// second is cut soon after the grace period; a slow but real upload keeps going.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    started: Instant,
+    bytes_per_second: u64,
+    grace: Duration,
+}
+
+impl Pace {
+    pub fn new(started: Instant, bytes_per_second: u64, grace: Duration) -> Pace {
+        Pace {
+            started,
+            bytes_per_second,
+            grace,
+        }
+    }
+
+    /// When `received` bytes stop being enough; `None` when the check is off.
+    pub fn due(&self, received: u64) -> Option<Instant> {
+        if self.bytes_per_second == 0 {
+            return None;
+        }
+        let earned = Duration::from_secs_f64(received as f64 / self.bytes_per_second as f64);
+        Some(self.started + earned.max(self.grace))
+    }
+
+    pub fn too_slow(&self, received: u64, now: Instant) -> bool {
+        self.due(received).is_some_and(|due| now > due)
+    }
+}
+
 /// Pingora replays at most this much of a request body to a backend (its retry buffer).
 pub const REPLAY_LIMIT: u64 = 64 * 1024;
 
@@ -81,7 +114,8 @@ pub enum PreRead {
 pub async fn pre_read(
     session: &mut pingora::proxy::Session,
     limit: u64,
-    deadline: tokio::time::Instant,
+    deadline: Instant,
+    pace: Pace,
 ) -> pingora::Result<PreRead> {
     let declared = session
         .req_header()
@@ -101,7 +135,10 @@ pub async fn pre_read(
                 armed = true;
             }
         }
-        let Ok(read) = tokio::time::timeout_at(deadline, session.read_request_body()).await else {
+        let received = session.body_bytes_read() as u64;
+        let until = pace.due(received).map_or(deadline, |due| due.min(deadline));
+        let Ok(read) = tokio::time::timeout_at(until.into(), session.read_request_body()).await
+        else {
             return Ok(PreRead::TooSlow);
         };
         match read? {

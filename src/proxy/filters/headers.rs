@@ -1,6 +1,6 @@
 //! Headers switchyard adds or edits on the way up and down.
 
-use crate::runtime::router::HeaderEdits;
+use crate::runtime::router::{under_prefix, HeaderEdits};
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
@@ -98,11 +98,36 @@ pub fn security(resp: &mut ResponseHeader, tls: bool) -> pingora::Result<()> {
 }
 
 /// Removes `prefix` from the front of the path, keeping the query and a leading `/`.
+/// Adds `token` to the answer's `Vary` unless it is listed already (or `Vary: *`), keeping
+/// what the backend said varies (`Accept-Encoding`): replacing it would let a cache serve one
+/// encoding to a client that asked for another.
+pub fn add_vary(resp: &mut ResponseHeader, token: &HeaderValue) -> pingora::Result<()> {
+    let wanted = token.to_str().unwrap_or_default();
+    let mut listed: Vec<String> = Vec::new();
+    for v in resp.headers.get_all(http::header::VARY) {
+        for t in v.to_str().unwrap_or_default().split(',') {
+            let t = t.trim();
+            if t == "*" || t.eq_ignore_ascii_case(wanted) {
+                return Ok(());
+            }
+            if !t.is_empty() {
+                listed.push(t.to_string());
+            }
+        }
+    }
+    listed.push(wanted.to_string());
+    resp.insert_header(http::header::VARY, listed.join(", "))
+}
+
+/// Removes a `strip_prefix` from the path, whole segments only: `/v1` strips `/v1` and
+/// `/v1/x`, never the `/v1` of `/v1x`.
 pub fn strip_prefix(req: &mut RequestHeader, prefix: &str) -> pingora::Result<()> {
     let path = req.uri.path();
-    let Some(rest) = path.strip_prefix(prefix.trim_end_matches('/')) else {
+    let prefix = prefix.trim_end_matches('/');
+    if !under_prefix(path, prefix) {
         return Ok(());
-    };
+    }
+    let rest = &path[prefix.len()..];
     let mut new = String::with_capacity(path.len());
     if !rest.starts_with('/') {
         new.push('/');
@@ -131,6 +156,9 @@ mod tests {
         let mut req = RequestHeader::build("GET", b"/v1", None).unwrap();
         strip_prefix(&mut req, "/v1/").unwrap();
         assert_eq!(req.uri.to_string(), "/");
+        let mut req = RequestHeader::build("GET", b"/v1x/models", None).unwrap();
+        strip_prefix(&mut req, "/v1").unwrap();
+        assert_eq!(req.uri.to_string(), "/v1x/models");
     }
 
     fn forwarded_for(prev: Option<&str>, client: &str, peer: &str, trusted: bool) -> RequestHeader {

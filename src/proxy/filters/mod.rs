@@ -6,5 +6,6 @@ pub mod body;
 pub mod client_ip;
 pub mod cors;
 pub mod headers;
+pub mod path;
 pub mod rate_limit;
 pub mod request_id;

@@ -2,6 +2,7 @@
 //! header value with pingora-limits' `Rate` (a count-min sketch: fixed memory, lock-free, may
 //! overcount on hash collisions, never undercounts).
 
+use super::auth::ClientKey;
 use crate::config::RateLimitConfig;
 use http::HeaderMap;
 use pingora_limits::rate::{Rate, RateComponents};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 enum CountBy {
     ClientIp,
-    /// The API key the client presented.
+    /// The route's client key that the request authenticated with.
     Client,
     Header(http::HeaderName),
 }
@@ -47,15 +48,20 @@ impl Limiter {
         }
     }
 
-    /// Counts one request; `Err` when it is over the limit of its key's window.
-    pub fn check(&self, client: Option<IpAddr>, headers: &HeaderMap) -> Result<(), Limited> {
+    /// Counts one request; `Err` when it is over the limit of its key's window. `api_key`
+    /// counts by the key that passed the route's auth, never by what the client presented:
+    /// inventing a new key per request must not make a new counter.
+    pub fn check(
+        &self,
+        client: Option<IpAddr>,
+        headers: &HeaderMap,
+        key: Option<&ClientKey>,
+    ) -> Result<(), Limited> {
         let bytes: Vec<u8> = match &self.key {
             CountBy::ClientIp => client
                 .map(|ip| ip.to_string().into_bytes())
                 .unwrap_or_default(),
-            CountBy::Client => super::auth::presented(headers)
-                .map(|k| k.as_bytes().to_vec())
-                .unwrap_or_default(),
+            CountBy::Client => key.map(|k| k.id().to_vec()).unwrap_or_default(),
             CountBy::Header(h) => headers
                 .get(h)
                 .map(|v| v.as_bytes().to_vec())

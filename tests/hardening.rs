@@ -71,7 +71,11 @@ async fn path_tricks_do_not_get_past_auth() {
         "/%70rivate/x",
     ] {
         let r = raw(port, &get(trick)).await;
-        assert_eq!(status(&r), 401, "{trick} must meet the private route's auth: {r}");
+        assert_eq!(
+            status(&r),
+            401,
+            "{trick} must meet the private route's auth: {r}"
+        );
     }
     for refused in [
         "/public/..%2fprivate/x",
@@ -101,7 +105,11 @@ async fn path_tricks_do_not_get_past_auth() {
     assert_eq!(seen.path, "/private/x/y");
     assert!(r.contains(r#""query":"q=%2e%2e/a""#), "{r}");
     // The access log shows the path that was routed.
-    assert!(p.stdout_shows(r#""path":"/private/x/y""#).await, "{}", p.stdout());
+    assert!(
+        p.stdout_shows(r#""path":"/private/x/y""#).await,
+        "{}",
+        p.stdout()
+    );
 
     // Absolute-form targets are normalised too, and forwarded in origin form.
     let r = raw(
@@ -138,7 +146,11 @@ async fn prefixes_match_and_strip_whole_segments() {
     for (path, backend_path) in [("/api", "/"), ("/api/", "/"), ("/api/x", "/x")] {
         let r = client().get(url(path)).send().await.expect("request");
         assert_eq!(r.status(), 200);
-        assert_eq!(up.last().map(|s| s.path), Some(backend_path.to_string()), "{path}");
+        assert_eq!(
+            up.last().map(|s| s.path),
+            Some(backend_path.to_string()),
+            "{path}"
+        );
     }
     // `/apiv2` is not under `/api`: the public route takes it, unstripped.
     let r = client().get(url("/apiv2/x")).send().await.expect("request");
@@ -366,7 +378,10 @@ async fn http_1_0_closes_unless_asked_to_keep_alive() {
             .expect("read");
         let text = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
         assert!(text.starts_with("http/1.1 200"), "request {i}: {text}");
-        assert!(text.contains("connection: keep-alive"), "request {i}: {text}");
+        assert!(
+            text.contains("connection: keep-alive"),
+            "request {i}: {text}"
+        );
     }
 }
 
@@ -507,7 +522,17 @@ async fn ab_h2load_and_curl_http_1_0_are_all_served() {
         blocking(|url| {
             let out = run(
                 "curl",
-                &["--http1.0", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", url],
+                &[
+                    "--http1.0",
+                    "-sS",
+                    "-m",
+                    "10",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    url,
+                ],
             );
             assert_eq!(out.trim(), "200");
         })

@@ -38,7 +38,9 @@ pub fn check_host_pattern(h: &str) -> Result<(), String> {
         None => h,
     };
     let label_ok = |l: &str| {
-        !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
     if name.split('.').all(label_ok) || (h == name && h.parse::<std::net::IpAddr>().is_ok()) {
         Ok(())
@@ -488,7 +490,10 @@ impl Validator {
             ("request_headers", !r.request_headers.is_empty()),
             ("timeouts.read", r.timeouts.read.is_some()),
             ("timeouts.total", r.timeouts.total.is_some()),
-            ("timeouts.websocket_idle", r.timeouts.websocket_idle.is_some()),
+            (
+                "timeouts.websocket_idle",
+                r.timeouts.websocket_idle.is_some(),
+            ),
         ];
         for (key, set) in ignored {
             if set {

@@ -1,10 +1,11 @@
 //! The `openai: true` side of the request path: `/v1/models`, reading the body's model, and
 //! time-to-first-token and token usage as the answer streams past.
 
+use super::answer::{text, Local, Reply};
+use super::context::Ctx;
 use super::filters::body::{self, PreRead, Replay};
 use super::openai::{self, UsageScanner};
-use super::respond::{text, Local};
-use super::{Ctx, Edge};
+use super::Edge;
 use crate::metrics;
 use crate::runtime::router::Route;
 use bytes::Bytes;
@@ -24,7 +25,7 @@ impl Edge {
         let pool = route.pool().cloned();
         if method == http::Method::GET && session.req_header().uri.path().ends_with("/models") {
             let mut models = pool.as_ref().map(|p| p.models()).unwrap_or_default();
-            if let Some(k) = &ctx.key {
+            if let Some(k) = &ctx.client.key {
                 models.retain(|m| k.allows(m));
             }
             let owner = pool
@@ -35,7 +36,7 @@ impl Edge {
                 status: 200,
                 body: openai::models_list(&models, owner),
                 content_type: "application/json",
-                request_id: &ctx.request_id,
+                request_id: &ctx.client.request_id,
                 extra: &[],
                 security: ctx.security(self.listener.tls),
                 edits: Some(&route.response_headers),
@@ -49,7 +50,8 @@ impl Edge {
         }
         let limit = route.config.max_body.0;
         let deadline = ctx
-            .body_deadline
+            .body
+            .deadline
             .unwrap_or_else(|| ctx.started + std::time::Duration::from_secs(60));
         let body = match body::pre_read(session, limit, deadline, ctx.pace()).await? {
             PreRead::Body(b) => b,
@@ -59,7 +61,7 @@ impl Edge {
                 let model = openai::model_of(&b).ok();
                 body::refeed_h1(session, b).await?;
                 if let Some(snap) = &ctx.snapshot {
-                    super::keep_alive(session, snap);
+                    super::request::keep_alive(session, snap);
                 }
                 return match model {
                     Some(m) => self.choose_model(session, ctx, route, m, None).await,
@@ -71,7 +73,10 @@ impl Edge {
                     411,
                     "send Content-Length with HTTP/2 request bodies over 64 KiB",
                 );
-                return self.local(session, ctx, 411, msg, true).await.map(Some);
+                return self
+                    .reply(session, ctx, Reply::new(411, msg))
+                    .await
+                    .map(Some);
             }
         };
         match openai::model_of(&body) {
@@ -85,7 +90,9 @@ impl Edge {
 
     async fn openai_bad_body(&self, session: &mut Session, ctx: &Ctx) -> Result<Option<bool>> {
         let msg = Bytes::from("the request body must be a JSON object with a \"model\"");
-        self.local(session, ctx, 400, msg, true).await.map(Some)
+        self.reply(session, ctx, Reply::new(400, msg))
+            .await
+            .map(Some)
     }
 
     /// Accepts `model` for the request if the pool serves it and the key may use it.
@@ -104,39 +111,36 @@ impl Edge {
                 .iter()
                 .any(|b| b.models.is_empty() || b.models.contains(&model))
         });
-        let allowed = ctx.key.as_ref().is_none_or(|k| k.allows(&model));
+        let allowed = ctx.client.key.as_ref().is_none_or(|k| k.allows(&model));
         if !served || !allowed {
             let msg = Bytes::from(format!(
                 "The model `{model}` does not exist or you do not have access to it."
             ));
-            let code = Some("model_not_found");
-            return self
-                .local_with(session, ctx, 404, msg, true, code, &[])
-                .await
-                .map(Some);
+            let answer = Reply::new(404, msg).code("model_not_found");
+            return self.reply(session, ctx, answer).await.map(Some);
         }
-        ctx.model = Some(model);
-        ctx.replay = replay;
+        ctx.openai.model = Some(model);
+        ctx.body.replay = replay;
         Ok(None)
     }
 
     /// Time to first token and token usage, read as the answer streams past.
     pub(super) fn observe_openai(&self, chunk: Option<&[u8]>, end: bool, ctx: &mut Ctx) {
         let Some(route) = &ctx.route else { return };
-        let label = route.model_label(ctx.model.as_deref());
+        let label = route.model_label(ctx.openai.model.as_deref());
         if let Some(c) = chunk.filter(|c| !c.is_empty()) {
-            if !ctx.first_byte {
-                ctx.first_byte = true;
+            if !ctx.openai.first_byte {
+                ctx.openai.first_byte = true;
                 metrics::OPENAI_TTFT
                     .with_label_values(&[label])
                     .observe(ctx.started.elapsed().as_secs_f64());
             }
-            if let Some(u) = ctx.usage.as_mut() {
+            if let Some(u) = ctx.openai.usage.as_mut() {
                 u.feed(c);
             }
         }
         if end {
-            if let Some(usage) = ctx.usage.take().and_then(UsageScanner::finish) {
+            if let Some(usage) = ctx.openai.usage.take().and_then(UsageScanner::finish) {
                 metrics::OPENAI_TOKENS
                     .with_label_values(&[label, "prompt"])
                     .inc_by(usage.prompt);

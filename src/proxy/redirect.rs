@@ -18,7 +18,7 @@ impl ServeHttp for Redirect {
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("localhost");
-        let host = super::strip_port(raw_host);
+        let host = super::request::strip_port(raw_host);
         let host = if host.contains(':') {
             format!("[{host}]")
         } else {

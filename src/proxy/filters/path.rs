@@ -176,7 +176,10 @@ mod tests {
     #[test]
     fn traversal_tricks_are_resolved() {
         assert_eq!(norm("/public/../private/x").as_deref(), Ok("/private/x"));
-        assert_eq!(norm("/public/%2e%2e/private/x").as_deref(), Ok("/private/x"));
+        assert_eq!(
+            norm("/public/%2e%2e/private/x").as_deref(),
+            Ok("/private/x")
+        );
         assert_eq!(norm("/public/.%2E/private/x").as_deref(), Ok("/private/x"));
         assert_eq!(norm("//private/x").as_deref(), Ok("/private/x"));
         assert_eq!(norm("/a/./b/.").as_deref(), Ok("/a/b/"));

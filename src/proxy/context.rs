@@ -1,0 +1,122 @@
+//! What one request carries from hook to hook, grouped by what it is about.
+
+use super::filters::auth::ClientKey;
+use super::filters::body::{Held, Pace, Replay};
+use super::openai::UsageScanner;
+use crate::runtime::pool::{InflightGuard, Member};
+use crate::runtime::router::Route;
+use crate::runtime::Snapshot;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Per-request state. The snapshot is loaded once and kept for the whole request.
+pub struct Ctx {
+    pub(super) started: Instant,
+    pub(super) snapshot: Option<Arc<Snapshot>>,
+    pub(super) route: Option<Arc<Route>>,
+    pub(super) client: Client,
+    pub(super) attempt: Attempt,
+    pub(super) body: BodyState,
+    pub(super) openai: OpenAi,
+    /// The route's `timeouts.total`, as an instant.
+    pub(super) deadline: Option<Instant>,
+    /// A WebSocket (or other) upgrade: no body deadlines, the idle limit instead.
+    pub(super) upgrade: bool,
+}
+
+/// Who is asking: the request id and what the policies found out about the client.
+#[derive(Default)]
+pub struct Client {
+    pub(super) request_id: String,
+    pub(super) ip: Option<IpAddr>,
+    /// The socket peer, which may be a trusted proxy in front.
+    pub(super) peer_ip: Option<IpAddr>,
+    pub(super) host: String,
+    /// The route's key the request authenticated with.
+    pub(super) key: Option<ClientKey>,
+    /// The request's `Origin`, when the route's CORS allows it.
+    pub(super) cors_origin: Option<http::HeaderValue>,
+}
+
+/// The backends tried so far and the one being tried.
+#[derive(Default)]
+pub struct Attempt {
+    pub(super) tries: u32,
+    pub(super) tried: Vec<SocketAddr>,
+    pub(super) backend: Option<Member>,
+    pub(super) inflight: Option<InflightGuard>,
+    /// A backend status that `retry_on` turned into another attempt.
+    pub(super) retrying_status: Option<u16>,
+    /// Every backend was at `max_inflight`: answer 503 with `Retry-After`.
+    pub(super) all_full: bool,
+    /// An answer header went to the client: nothing may be retried any more.
+    pub(super) response_started: bool,
+    /// When the last attempt was handed to a backend, and how long its answer head took.
+    pub(super) upstream_started: Option<Instant>,
+    pub(super) upstream_ms: Option<f64>,
+}
+
+/// The request body on its way up.
+#[derive(Default)]
+pub struct BodyState {
+    /// A body without a declared length, counted against `max_body` as it streams.
+    pub(super) held: Option<Held>,
+    /// A body read before choosing the backend, replayed in full to it.
+    pub(super) replay: Option<Replay>,
+    /// When the request body must be complete (`edge.body_timeout`).
+    pub(super) deadline: Option<Instant>,
+}
+
+/// The `openai: true` side of the request.
+#[derive(Default)]
+pub struct OpenAi {
+    pub(super) on: bool,
+    pub(super) model: Option<String>,
+    pub(super) usage: Option<UsageScanner>,
+    pub(super) first_byte: bool,
+}
+
+impl Ctx {
+    pub(super) fn new() -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            snapshot: None,
+            route: None,
+            client: Client::default(),
+            attempt: Attempt::default(),
+            body: BodyState::default(),
+            openai: OpenAi::default(),
+            deadline: None,
+            upgrade: false,
+        }
+    }
+
+    pub(super) fn pool_name(&self) -> Option<&str> {
+        self.route.as_ref()?.pool().map(|p| p.name.as_str())
+    }
+
+    /// `Some(tls)` when the answer gets the security headers.
+    pub(super) fn security(&self, tls: bool) -> Option<bool> {
+        let on = match (&self.route, &self.snapshot) {
+            (Some(r), Some(s)) => r.config.security_headers.unwrap_or(s.edge.security_headers),
+            (None, Some(s)) => s.edge.security_headers,
+            _ => true,
+        };
+        on.then_some(tls)
+    }
+
+    /// `edge.min_body_rate`, counted from the end of the request head.
+    pub(super) fn pace(&self) -> Pace {
+        let rate = self
+            .snapshot
+            .as_ref()
+            .map(|s| s.edge.min_body_rate)
+            .unwrap_or_default();
+        Pace::new(self.started, rate.bytes_per_second, rate.grace.get())
+    }
+
+    pub(super) fn retries(&self) -> u32 {
+        self.route.as_ref().map_or(0, |r| r.config.retries)
+    }
+}

@@ -1,0 +1,104 @@
+//! When a request goes to another backend, decided in one place: a connect failure always
+//! may (nothing was sent); a failure after sending only for a request that can do no harm
+//! twice and whose body can be sent again; a `retry_on` status likewise, before any byte of
+//! the answer reached the client.
+
+use super::context::Ctx;
+use crate::metrics;
+use crate::runtime::pool::{Member, Pool};
+use crate::runtime::router::Route;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+/// A connect attempt failed: the backend is marked, and another may be tried.
+pub(super) fn after_connect_failure(ctx: &mut Ctx) -> bool {
+    if let (Some(m), Some(pool)) = (
+        &ctx.attempt.backend,
+        ctx.route.as_ref().and_then(|r| r.pool()),
+    ) {
+        metrics::CONNECT_FAILURES
+            .with_label_values(&[pool.name.as_str(), &m.addr.to_string()])
+            .inc();
+        pool.record_outcome(m, true);
+        ctx.attempt.tried.push(m.addr);
+    }
+    ctx.attempt.tries <= ctx.retries()
+}
+
+/// The request failed after it reached a backend: whether another backend gets it.
+pub(super) fn after_proxy_error(session: &Session, ctx: &mut Ctx, e: &Error) -> bool {
+    if let Some(m) = &ctx.attempt.backend {
+        ctx.attempt.tried.push(m.addr);
+    }
+    if ctx.attempt.retrying_status.is_some() {
+        // `retry_on_status` already decided.
+        return true;
+    }
+    is_idempotent(&session.req_header().method)
+        && body_replayable(session, ctx)
+        && e.esource() == &ErrorSource::Upstream
+        && !ctx.attempt.response_started
+        && ctx.attempt.tries <= ctx.retries()
+}
+
+/// `retry_on`: the backend answered a listed status, the request can be sent again and
+/// another backend is left. The answer is then dropped and the request retried.
+pub(super) fn retry_on_status(
+    session: &Session,
+    ctx: &mut Ctx,
+    route: &Route,
+    pool: &Pool,
+    member: &Member,
+    status: u16,
+) -> bool {
+    let wanted = route.retry_statuses.contains(&status)
+        && ctx.attempt.tries <= route.config.retries
+        && body_replayable(session, ctx);
+    if !wanted {
+        return false;
+    }
+    let mut tried = ctx.attempt.tried.clone();
+    tried.push(member.addr);
+    let model = ctx.openai.model.as_deref();
+    if pool.select(b"", model, |a| !tried.contains(a)).is_err() {
+        return false;
+    }
+    ctx.attempt.retrying_status = Some(status);
+    metrics::RETRIES
+        .with_label_values(&[route.name.as_str()])
+        .inc();
+    true
+}
+
+/// Whether the request's body can be sent once more: none, pre-read, or still in Pingora's
+/// retry buffer.
+fn body_replayable(session: &Session, ctx: &Ctx) -> bool {
+    ctx.body.replay.is_some()
+        || (ctx.body.held.is_none() && !session.as_ref().retry_buffer_truncated())
+}
+
+fn is_idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The status the client gets for a failed request; 0 when it is gone or cannot be answered.
+pub(super) fn status_for(e: &Error) -> u16 {
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
+        | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError => 502,
+        ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => 504,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed | ReadTimedout | WriteTimedout => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}

@@ -3,7 +3,7 @@
 
 use crate::admin::Admin;
 use crate::config::{self, Config, Protocol, ServerSettings};
-use crate::proxy::head_deadline::HeadDeadlineApp;
+use crate::proxy::connection::ConnectionApp;
 use crate::proxy::redirect::Redirect;
 use crate::proxy::{Edge, Listener};
 use crate::runtime::supervisor::Supervisor;
@@ -118,7 +118,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
             options.h2c = true;
             proxy.server_options = Some(options);
         }
-        let app = HeadDeadlineApp::new(proxy, state.clone(), &l.name);
+        let app = ConnectionApp::new(proxy, state.clone(), &l.name);
         let mut svc = Service::new(l.name.clone(), app);
         let (listener, read_buffer) = match store {
             Some(store) => (

@@ -10,10 +10,10 @@
 
 pub mod access_log;
 mod answer;
+pub mod connection;
 mod context;
 pub mod filters;
 mod gateway;
-pub mod head_deadline;
 pub mod openai;
 pub mod redirect;
 mod request;
@@ -25,10 +25,10 @@ use crate::runtime::State;
 use answer::Reply;
 use async_trait::async_trait;
 use bytes::Bytes;
+use connection::HeadGuard;
 pub use context::Ctx;
 use filters::body;
 use filters::{client_ip, headers, request_id};
-use head_deadline::HeadGuard;
 use openai::UsageScanner;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};

@@ -1,28 +1,11 @@
-//! `edge.header_timeout`: a client must deliver its whole request head within this time.
-//!
-//! Pingora reads the head with a timer that restarts on every byte, before any `ProxyHttp`
-//! hook runs, so a client sending one byte a second holds a connection forever (slowloris).
-//! [`HeadDeadlineApp`] wraps the proxy's `ServerApp` and gives every connection a
-//! [`HeadGuard`] stream: its reads fail once the deadline passes. The proxy disarms it when a
-//! head has been parsed (`early_request_filter`) and re-arms it for the next request on a
-//! keep-alive connection, with the clock starting at that request's first byte. HTTP/2
-//! connections (ALPN h2, or the h2c preface) are never armed: their streams are multiplexed.
-//! The same wrapper counts open connections for `switchyard_downstream_connections`, serves
-//! each connection in a task of its own (Pingora's connection task is sized for a TLS
-//! handshake), and runs the HTTP/1 keep-alive loop itself so that an idle connection holds only
-//! its socket: Pingora's own loop creates the next session (a ~13 KiB proxy future and a 4 KiB
-//! head buffer) right away and keeps it while the client is silent; this one waits for the
-//! first byte first: peeked on plaintext, read ahead and kept by the guard on TLS (measured in
-//! docs/benchmarks.md, "scale" and "idle TLS connections").
+//! The stream every client connection is read through: its reads fail once the request
+//! head's deadline passes, and it keeps bytes read ahead of the session.
 
 use async_trait::async_trait;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
-use pingora::protocols::http::ServerSession;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
     UniqueIDType, ALPN,
 };
-use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -41,172 +24,6 @@ const DISARMED: u8 = 2;
 const H2C_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Enough of the preface to recognise HTTP/2 in the first read.
 const H2_PREFACE: &[u8] = H2C_PREFACE.split_at(14).0;
-
-impl<A> HeadDeadlineApp<A> {
-    pub fn new(inner: A, state: Arc<crate::runtime::State>, listener: &str) -> Self {
-        // The series exists from the start, at 0.
-        crate::metrics::DOWNSTREAM_CONNECTIONS.with_label_values(&[listener]);
-        HeadDeadlineApp {
-            inner: Arc::new(inner),
-            state,
-            listener: listener.to_string(),
-        }
-    }
-}
-
-pub struct HeadDeadlineApp<A> {
-    pub inner: Arc<A>,
-    /// The limit is read from the current snapshot for each new connection.
-    pub state: Arc<crate::runtime::State>,
-    pub listener: String,
-}
-
-#[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeadDeadlineApp<A> {
-    /// Pingora's task for a new connection is sized for the largest thing it may do, a TLS
-    /// handshake (8.8 KiB, measured in docs/benchmarks.md, "scale"), and lives as long as the
-    /// connection. The connection moves to a task of its own that holds only what serving
-    /// it needs, and Pingora's task ends here.
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let app = Arc::clone(self);
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { app.serve(stream, &shutdown).await });
-        None
-    }
-
-    async fn cleanup(&self) {
-        self.inner.http_cleanup().await
-    }
-}
-
-impl<A: HttpServerApp + Send + Sync + 'static> HeadDeadlineApp<A> {
-    async fn serve(self: Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
-        let _open = OpenConnection::new(&self.listener);
-        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let limit = self.state.snapshot().edge.header_timeout;
-        let tls = stream.get_ssl_digest().is_some();
-        let mut guarded = HeadGuard::new(stream, limit, !h2);
-        if h2 || (self.h2c() && !tls && guarded.starts_with_h2c_preface().await) {
-            ServerApp::process_new(&self.inner, Box::new(guarded), shutdown).await;
-        } else {
-            self.serve_http1(Box::new(guarded), shutdown).await;
-        }
-    }
-
-    fn h2c(&self) -> bool {
-        self.inner.server_options().is_some_and(|o| o.h2c)
-    }
-
-    /// Pingora's HTTP/1 keep-alive loop, except that between requests it waits for the next
-    /// request's first byte (within `edge.keepalive_timeout`) before it builds a session.
-    async fn serve_http1(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
-        let mut persisted: Option<HttpPersistentSettings> = None;
-        loop {
-            let mut session = ServerSession::new_http1(stream);
-            match persisted.take() {
-                Some(settings) => settings.apply_to_session(&mut session),
-                None => {
-                    // What Pingora's loop does for a connection's first request, and HTTP/1.1
-                    // pipelining: requests sent back to back are answered in order (without
-                    // it, the second gets no answer). The settings carry it to later requests.
-                    session.set_pipelining_enabled(true);
-                    let keepalive = (!*shutdown.borrow()).then_some(60);
-                    session.set_keepalive(keepalive);
-                    session.set_keepalive_reuses_remaining(
-                        self.inner
-                            .server_options()
-                            .and_then(|o| o.keepalive_request_limit),
-                    );
-                }
-            }
-            let Some(served) = self.inner.process_new_http(session, shutdown).await else {
-                return;
-            };
-            let (next, settings) = served.consume();
-            stream = next;
-            let pipelined = settings.as_ref().is_some_and(has_pipelined_prefix);
-            persisted = settings;
-            if !pipelined && !self.next_request_arrives(&mut stream, shutdown).await {
-                return;
-            }
-        }
-    }
-
-    /// Waits for a byte of the next request; false when the connection should close instead
-    /// (idle past `edge.keepalive_timeout`, closed by the client, or the server stopping).
-    async fn next_request_arrives(&self, stream: &mut Stream, shutdown: &ShutdownWatch) -> bool {
-        let idle = self.state.snapshot().edge.keepalive_timeout;
-        let mut shutdown = shutdown.clone();
-        if *shutdown.borrow() {
-            return false;
-        }
-        let mut first = [0u8; 1];
-        tokio::select! {
-            // A TLS stream cannot peek: the guard reads the byte ahead and keeps it.
-            peeked = tokio::time::timeout(idle, stream.try_peek(&mut first)) => {
-                matches!(peeked, Ok(Ok(_)))
-            }
-            _ = shutdown.changed() => false,
-        }
-    }
-}
-
-/// Whether the previous request's reads took in part of the next one (pipelining). Those
-/// bytes travel in the settings, not the stream, so waiting for a byte from the stream would
-/// hang a client that sent everything already. Pingora 0.9.1 has no getter for them; their
-/// `Debug` form names the field, and the pipelining tests fail if that ever changes.
-fn has_pipelined_prefix(settings: &HttpPersistentSettings) -> bool {
-    use std::fmt::Write;
-    /// Looks for the marker as the text streams past, without keeping it.
-    struct Find {
-        seen: usize,
-        found: bool,
-    }
-    const MARKER: &[u8] = b"pipelined_prefix: Some(";
-    impl Write for Find {
-        fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            for &b in s.as_bytes() {
-                if self.found {
-                    break;
-                }
-                self.seen = if b == MARKER[self.seen] {
-                    self.seen + 1
-                } else {
-                    usize::from(b == MARKER[0])
-                };
-                self.found = self.seen == MARKER.len();
-            }
-            Ok(())
-        }
-    }
-    let mut find = Find {
-        seen: 0,
-        found: false,
-    };
-    let _ = write!(find, "{settings:?}");
-    find.found
-}
-
-/// One open client connection in `switchyard_downstream_connections{listener}`.
-struct OpenConnection(pingora_prometheus::prometheus::IntGauge);
-
-impl OpenConnection {
-    fn new(listener: &str) -> Self {
-        let g = crate::metrics::DOWNSTREAM_CONNECTIONS.with_label_values(&[listener]);
-        g.inc();
-        OpenConnection(g)
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
 
 pub struct HeadGuard {
     inner: Stream,
@@ -235,7 +52,7 @@ fn timed_out() -> io::Error {
 }
 
 impl HeadGuard {
-    fn new(inner: Stream, limit: Duration, armed: bool) -> Self {
+    pub(super) fn new(inner: Stream, limit: Duration, armed: bool) -> Self {
         HeadGuard {
             inner,
             limit,
@@ -261,7 +78,7 @@ impl HeadGuard {
     /// long as what came so far could still be the preface, so a request shorter than the
     /// preface (`GET / HTTP/1.0` and its blank line are 18 bytes) is served at once instead of
     /// waiting for bytes that never come. The bytes read stay in the guard for the session.
-    async fn starts_with_h2c_preface(&mut self) -> bool {
+    pub(super) async fn starts_with_h2c_preface(&mut self) -> bool {
         let left = self.limit;
         let read = async {
             let mut chunk = [0u8; H2C_PREFACE.len()];

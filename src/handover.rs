@@ -46,6 +46,17 @@ fn stamp(path: &Path) -> Option<Stamp> {
     Some(Stamp(m.dev(), m.ino(), m.len(), m.modified().ok()))
 }
 
+#[async_trait::async_trait]
+impl crate::runtime::supervisor::Lifecycle for Process {
+    async fn announce_ready(&self, listen: Vec<String>) {
+        announce_ready(listen).await;
+    }
+
+    async fn upgrade_if_needed(&self, state: &State) {
+        Process::upgrade_if_needed(self, state).await;
+    }
+}
+
 impl Process {
     pub fn current(daemon: bool) -> Process {
         let exe = started_as();
@@ -189,7 +200,7 @@ async fn wait_for_socket(child: &mut Child, socket: &Path) -> Result<(), String>
 /// tracks the new process instead of the one that is leaving. Pingora retries a bind that
 /// fails (address in use) forever; until it succeeds READY is withheld, so `systemctl start`
 /// fails by its timeout instead of reporting a proxy that does not listen.
-pub async fn announce_ready(listen: Vec<String>) {
+async fn announce_ready(listen: Vec<String>) {
     let ports: HashSet<u16> = listen.iter().filter_map(|a| port_of(a)).collect();
     let mut warn_at = Instant::now() + LISTEN_WARNING;
     // No readable socket table: nothing to wait for that can be seen.

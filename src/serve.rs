@@ -145,7 +145,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     server.add_service(admin).add_dependency(&bootstrap);
     let supervisor = Supervisor {
         state,
-        process: crate::handover::Process::current(opts.daemon),
+        lifecycle: Arc::new(crate::handover::Process::current(opts.daemon)),
     };
     server
         .add_service(background_service("supervisor", supervisor))

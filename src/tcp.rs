@@ -2,7 +2,7 @@
 //! listener's pool, chosen by the pool's balancing and health checks, with connect failover
 //! and an idle timeout. Allow/deny lists are applied at accept (Pingora's connection filter).
 
-use crate::proxy::filters::acl;
+use crate::runtime::policy::acl;
 use crate::runtime::pool::{InflightGuard, Member};
 use crate::runtime::{HashOn, State};
 use async_trait::async_trait;

@@ -1,9 +1,9 @@
 //! Admin key checks, with the same constant-time comparison as client keys
-//! (`proxy::filters::auth`): both sides are hashed and the digests compared with `subtle`, so
+//! (`runtime::policy::auth`): both sides are hashed and the digests compared with `subtle`, so
 //! neither a key's length nor its first wrong byte shows in the timing.
 
 use crate::config::ApiKey;
-use crate::proxy::filters::auth::{self, ClientKey};
+use crate::runtime::policy::auth::{self, ClientKey};
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 

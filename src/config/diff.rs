@@ -42,7 +42,7 @@ pub struct Summary {
     pub other: bool,
 }
 
-fn listeners(c: &Config) -> BTreeMap<String, &super::ListenerConfig> {
+fn listeners(c: &Config) -> BTreeMap<String, &super::ListenerSettings> {
     c.listeners.iter().map(|l| (l.name.clone(), l)).collect()
 }
 

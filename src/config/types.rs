@@ -19,7 +19,7 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminSettings,
     #[serde(default)]
-    pub listeners: Vec<ListenerConfig>,
+    pub listeners: Vec<ListenerSettings>,
     #[serde(default)]
     pub pools: BTreeMap<String, PoolConfig>,
     #[serde(default)]
@@ -101,7 +101,7 @@ pub enum Protocol {
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListenerConfig {
+pub struct ListenerSettings {
     pub name: String,
     pub listen: String,
     #[serde(default)]

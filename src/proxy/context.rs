@@ -1,8 +1,8 @@
 //! What one request carries from hook to hook, grouped by what it is about.
 
-use super::filters::auth::ClientKey;
 use super::filters::body::{Held, Pace, Replay};
 use super::openai::UsageScanner;
+use crate::runtime::policy::auth::ClientKey;
 use crate::runtime::pool::{InflightGuard, Member};
 use crate::runtime::router::Route;
 use crate::runtime::Snapshot;

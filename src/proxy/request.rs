@@ -5,11 +5,12 @@
 use super::answer::Reply;
 use super::context::Ctx;
 use super::filters::body::{self, Declared, Held};
-use super::filters::cors::Cors;
 use super::filters::path::{self, BadPath};
-use super::filters::{acl, auth, client_ip, request_id};
+use super::filters::{client_ip, request_id};
 use super::Edge;
 use crate::metrics;
+use crate::runtime::policy::cors::Cors;
+use crate::runtime::policy::{acl, auth};
 use crate::runtime::router::{RequestView, Route, Target};
 use crate::runtime::snapshot::EdgePolicy;
 use crate::runtime::Snapshot;

@@ -1,6 +1,7 @@
 //! The running state: the current snapshot behind one `ArcSwap`, and how it is replaced.
 
 mod health;
+pub mod policy;
 pub mod pool;
 pub mod router;
 pub mod snapshot;
@@ -12,7 +13,7 @@ pub use snapshot::Snapshot;
 
 use crate::config::diff::{self, Summary};
 use crate::config::store::{self, History};
-use crate::config::{self, ConfigError, ListenerConfig, Loaded};
+use crate::config::{self, ConfigError, ListenerSettings, Loaded};
 use crate::tls::CertStore;
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -271,7 +272,7 @@ impl State {
     /// admin address or `server:` settings.
     pub fn restart_required(&self) -> bool {
         let now = &self.current.load().loaded.config;
-        let key = |l: &ListenerConfig| {
+        let key = |l: &ListenerSettings| {
             (
                 l.name.clone(),
                 l.listen.clone(),
@@ -295,7 +296,7 @@ impl State {
 }
 
 struct Started {
-    listeners: Vec<ListenerConfig>,
+    listeners: Vec<ListenerSettings>,
     admin_listen: String,
     server: config::ServerSettings,
 }

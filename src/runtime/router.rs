@@ -1,10 +1,10 @@
 //! Routes compiled for matching: first match wins, and matching allocates nothing.
 
+use super::policy::auth::ClientKey;
+use super::policy::cors::Cors;
+use super::policy::rate_limit::Limiter;
 use super::pool::Pool;
 use crate::config::{parse_cidr, HeaderOps, RetryOn, RouteConfig};
-use crate::proxy::filters::auth::ClientKey;
-use crate::proxy::filters::cors::Cors;
-use crate::proxy::filters::rate_limit::Limiter;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use std::borrow::Cow;

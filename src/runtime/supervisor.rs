@@ -22,9 +22,20 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 /// How often the loop wakes for health checks, DNS and the stat fallback.
 const TICK: Duration = Duration::from_millis(200);
 
+/// What the process does around reloads that the supervisor cannot do itself: telling the
+/// service manager it is ready, and handing over to a new binary or new listeners on SIGHUP.
+/// `serve` passes the real one; the supervisor never knows how it is done.
+#[async_trait]
+pub trait Lifecycle: Send + Sync {
+    /// Waits until every address listens, then says so (systemd's `READY=1`).
+    async fn announce_ready(&self, listen: Vec<String>);
+    /// After a SIGHUP reload: upgrade the process if the binary or the listeners changed.
+    async fn upgrade_if_needed(&self, state: &State);
+}
+
 pub struct Supervisor {
     pub state: Arc<State>,
-    pub process: crate::handover::Process,
+    pub lifecycle: Arc<dyn Lifecycle>,
 }
 
 #[async_trait]
@@ -42,7 +53,9 @@ impl BackgroundService for Supervisor {
         let mut tick = tokio::time::interval(TICK);
         let mut stamp = file_stamp(&self.state.path);
         let mut dns_due: HashMap<String, Instant> = HashMap::new();
-        tokio::spawn(crate::handover::announce_ready(self.listen_addresses()));
+        let lifecycle = Arc::clone(&self.lifecycle);
+        let listen = self.listen_addresses();
+        tokio::spawn(async move { lifecycle.announce_ready(listen).await });
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -55,7 +68,7 @@ impl BackgroundService for Supervisor {
                 Some(()) = recv_signal(&mut hup) => {
                     log::info!("SIGHUP: reloading {}", self.state.path.display());
                     let _ = self.state.reload(Source::Signal, false).await;
-                    self.process.upgrade_if_needed(&self.state).await;
+                    self.lifecycle.upgrade_if_needed(&self.state).await;
                 }
                 _ = tick.tick() => {
                     // Fallback for file systems where inotify says nothing.

@@ -67,7 +67,7 @@ fn parse(c: &mut Criterion) {
     g.sample_size(20);
     for (label, text) in sizes() {
         g.bench_with_input(BenchmarkId::from_parameter(label), &text, |b, t| {
-            b.iter(|| config::parse(black_box(t), &no_env, None).expect("valid"))
+            b.iter(|| config::parse(black_box(t), &no_env, None).expect("valid"));
         });
     }
     g.finish();
@@ -80,7 +80,7 @@ fn build(c: &mut Criterion) {
     for (label, text) in sizes() {
         let loaded = config::parse(&text, &no_env, None).expect("valid");
         g.bench_with_input(BenchmarkId::from_parameter(label), &loaded, |b, l| {
-            b.iter(|| rt.block_on(Snapshot::build(l.clone(), None)))
+            b.iter(|| rt.block_on(Snapshot::build(l.clone(), None)));
         });
     }
     g.finish();
@@ -101,7 +101,7 @@ fn reload(c: &mut Criterion) {
                 let previous = current.load_full();
                 let next = rt.block_on(Snapshot::build(loaded, Some(&previous)));
                 current.store(std::sync::Arc::new(next));
-            })
+            });
         });
     }
     g.finish();
@@ -127,7 +127,7 @@ fn route_match(c: &mut Criterion) {
                     headers: &headers,
                 };
                 black_box(snap.router.find(&view).map(|r| r.name.len()))
-            })
+            });
         });
     }
     g.finish();
@@ -162,7 +162,7 @@ fn header_filters(c: &mut Criterion) {
             let mut resp = ResponseHeader::build(200, None).expect("resp");
             headers::security(&mut resp, true).expect("security");
             black_box((req, resp))
-        })
+        });
     });
 }
 
@@ -181,7 +181,7 @@ fn model_extraction(c: &mut Criterion) {
         let body = chat_body(size);
         g.throughput(criterion::Throughput::Bytes(body.len() as u64));
         g.bench_with_input(BenchmarkId::from_parameter(label), &body, |b, body| {
-            b.iter(|| openai::model_of(black_box(body)).expect("model"))
+            b.iter(|| openai::model_of(black_box(body)).expect("model"));
         });
     }
     g.finish();

@@ -6,6 +6,8 @@
 //! It answers `/v1/models`, `/v1/chat/completions` (JSON and `"stream": true` SSE),
 //! `/v1/completions` and `/v1/embeddings`, with `usage`.
 
+// The same mock the tests use; its `pub` items are for them.
+#[allow(unreachable_pub)]
 #[path = "../tests/common/mock_openai.rs"]
 mod mock_openai;
 

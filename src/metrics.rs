@@ -1,4 +1,4 @@
-//! Every Prometheus metric switchyard exports (SPEC §7), registered in the default registry
+//! Every Prometheus metric switchyard exports, registered in the default registry
 //! that `pingora_prometheus` re-exports. Label values come from the config only.
 
 use pingora_prometheus::prometheus::{

@@ -9,12 +9,12 @@ use sha2::{Digest, Sha256};
 
 /// Who made an admin call: a short hash prefix of the key presented, never the key.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(super) struct Caller {
     pub key_id: String,
 }
 
 /// Checks the request's key against `configured` (plain or `sha256:<hex>`).
-pub fn check(headers: &HeaderMap, configured: Option<&str>) -> Option<Caller> {
+pub(super) fn check(headers: &HeaderMap, configured: Option<&str>) -> Option<Caller> {
     let key = ClientKey::compile(&ApiKey::Plain(configured?.to_string()))?;
     auth::check(headers, std::slice::from_ref(&key))?;
     let given = auth::presented(headers)?;

@@ -22,12 +22,12 @@ fn utf8(body: &[u8]) -> Result<&str, WriteError> {
 }
 
 /// `POST /config`: the body is the whole new file.
-pub fn whole(body: &[u8]) -> Result<String, WriteError> {
+pub(super) fn whole(body: &[u8]) -> Result<String, WriteError> {
     utf8(body).map(str::to_string)
 }
 
 /// `POST /config/validate`.
-pub fn validate(state: &State, body: &[u8]) -> Reply {
+pub(super) fn validate(state: &State, body: &[u8]) -> Reply {
     let text = match utf8(body) {
         Ok(t) => t,
         Err(e) => return super::write_error(&e),
@@ -51,7 +51,7 @@ struct Rollback {
 }
 
 /// `POST /config/rollback` `{"version": …}`: the text of a kept version.
-pub fn rollback_target(state: &State, body: &[u8]) -> Result<String, WriteError> {
+pub(super) fn rollback_target(state: &State, body: &[u8]) -> Result<String, WriteError> {
     let r: Rollback = serde_json::from_slice(body)
         .map_err(|e| WriteError::BadRequest(format!("expected {{\"version\": \"…\"}}: {e}")))?;
     state
@@ -110,7 +110,7 @@ fn position(list: &[Value], pool: &str, address: &str) -> Result<usize, WriteErr
         .ok_or_else(|| WriteError::NotFound(format!("pool {pool:?} has no backend {address}")))
 }
 
-pub fn add_backend(raw: &str, pool: &str, body: &[u8]) -> Result<String, WriteError> {
+pub(super) fn add_backend(raw: &str, pool: &str, body: &[u8]) -> Result<String, WriteError> {
     let new: NewBackend = serde_json::from_slice(body).map_err(|e| {
         WriteError::BadRequest(format!(
             "expected {{\"address\", \"weight\"?, \"models\"?}}: {e}"
@@ -140,7 +140,7 @@ pub fn add_backend(raw: &str, pool: &str, body: &[u8]) -> Result<String, WriteEr
     render(&doc)
 }
 
-pub fn remove_backend(raw: &str, pool: &str, address: &str) -> Result<String, WriteError> {
+pub(super) fn remove_backend(raw: &str, pool: &str, address: &str) -> Result<String, WriteError> {
     let mut doc = document(raw)?;
     let list = backends(&mut doc, pool)?;
     let at = position(list, pool, address)?;
@@ -148,7 +148,7 @@ pub fn remove_backend(raw: &str, pool: &str, address: &str) -> Result<String, Wr
     render(&doc)
 }
 
-pub fn drain_backend(raw: &str, pool: &str, address: &str) -> Result<String, WriteError> {
+pub(super) fn drain_backend(raw: &str, pool: &str, address: &str) -> Result<String, WriteError> {
     let mut doc = document(raw)?;
     let list = backends(&mut doc, pool)?;
     let at = position(list, pool, address)?;

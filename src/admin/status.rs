@@ -4,7 +4,7 @@ use crate::runtime::State;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 
-pub fn status(state: &State) -> Value {
+pub(super) fn status(state: &State) -> Value {
     let snap = state.snapshot();
     let last = state
         .last_reload

@@ -7,13 +7,13 @@ use serde_yaml::Value;
 
 /// One placeholder that had neither a value nor a default.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MissingVar {
+pub(super) struct MissingVar {
     pub path: String,
     pub var: String,
 }
 
 /// Replaces placeholders in every string of `value`, looking variables up with `lookup`.
-pub fn interpolate(
+pub(super) fn interpolate(
     value: &mut Value,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), Vec<MissingVar>> {

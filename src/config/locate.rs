@@ -9,18 +9,18 @@ use yaml_rust2::scanner::Marker;
 
 /// Line and column, both 1-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pos {
+pub(super) struct Pos {
     pub line: usize,
     pub column: usize,
 }
 
 #[derive(Default)]
-pub struct Positions {
+pub(super) struct Positions {
     map: HashMap<String, Pos>,
 }
 
 impl Positions {
-    pub fn of(text: &str) -> Self {
+    pub(super) fn of(text: &str) -> Self {
         let mut builder = Builder::default();
         // A syntax error is reported by serde_yaml itself; keep what was indexed until then.
         let _ = Parser::new_from_str(text).load(&mut builder, false);
@@ -28,7 +28,7 @@ impl Positions {
     }
 
     /// The position of `path`, or of its nearest ancestor that has one.
-    pub fn find(&self, path: &str) -> Option<Pos> {
+    pub(super) fn find(&self, path: &str) -> Option<Pos> {
         let mut p = path;
         loop {
             if let Some(pos) = self.map.get(p) {

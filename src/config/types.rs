@@ -1,4 +1,4 @@
-//! The YAML file's shape (SPEC §3). Unknown fields are errors everywhere.
+//! The YAML file's shape (docs/configuration.md). Unknown fields are errors everywhere.
 //!
 //! Keys of features that are not built yet are typed as raw YAML values so that they are
 //! recognised, and `validate` rejects them with "not supported yet" instead of ignoring them.
@@ -590,121 +590,121 @@ impl Default for AccessLogConfig {
 mod d {
     use super::{Dur, Size};
 
-    pub fn version() -> u32 {
+    pub(super) fn version() -> u32 {
         1
     }
-    pub fn yes() -> bool {
+    pub(super) fn yes() -> bool {
         true
     }
-    pub fn threads() -> usize {
+    pub(super) fn threads() -> usize {
         2
     }
-    pub fn pid_file() -> String {
+    pub(super) fn pid_file() -> String {
         "/tmp/switchyard.pid".into()
     }
-    pub fn upgrade_sock() -> String {
+    pub(super) fn upgrade_sock() -> String {
         "/tmp/switchyard_upgrade.sock".into()
     }
-    pub fn grace_period() -> u64 {
+    pub(super) fn grace_period() -> u64 {
         10
     }
-    pub fn graceful_shutdown_timeout() -> u64 {
+    pub(super) fn graceful_shutdown_timeout() -> u64 {
         5
     }
-    pub fn keepalive_pool() -> usize {
+    pub(super) fn keepalive_pool() -> usize {
         128
     }
-    pub fn admin_listen() -> String {
+    pub(super) fn admin_listen() -> String {
         "127.0.0.1:9901".into()
     }
-    pub fn history() -> usize {
+    pub(super) fn history() -> usize {
         20
     }
-    pub fn min_tls() -> String {
+    pub(super) fn min_tls() -> String {
         "1.2".into()
     }
-    pub fn health_path() -> String {
+    pub(super) fn health_path() -> String {
         "/health".into()
     }
-    pub fn expect() -> Vec<u16> {
+    pub(super) fn expect() -> Vec<u16> {
         vec![200]
     }
-    pub fn check_interval() -> Dur {
+    pub(super) fn check_interval() -> Dur {
         Dur::secs(5)
     }
-    pub fn check_timeout() -> Dur {
+    pub(super) fn check_timeout() -> Dur {
         Dur::secs(2)
     }
-    pub fn healthy_after() -> usize {
+    pub(super) fn healthy_after() -> usize {
         2
     }
-    pub fn unhealthy_after() -> usize {
+    pub(super) fn unhealthy_after() -> usize {
         3
     }
-    pub fn connect() -> Dur {
+    pub(super) fn connect() -> Dur {
         Dur::secs(2)
     }
-    pub fn read() -> Dur {
+    pub(super) fn read() -> Dur {
         Dur::secs(60)
     }
-    pub fn write() -> Dur {
+    pub(super) fn write() -> Dur {
         Dur::secs(60)
     }
-    pub fn idle() -> Dur {
+    pub(super) fn idle() -> Dur {
         Dur::secs(90)
     }
-    pub fn dns_refresh() -> Dur {
+    pub(super) fn dns_refresh() -> Dur {
         Dur::secs(30)
     }
-    pub fn weight() -> usize {
+    pub(super) fn weight() -> usize {
         1
     }
-    pub fn max_body() -> Size {
+    pub(super) fn max_body() -> Size {
         Size(1 << 20)
     }
-    pub fn retries() -> u32 {
+    pub(super) fn retries() -> u32 {
         2
     }
-    pub fn retry_on() -> Vec<super::RetryOn> {
+    pub(super) fn retry_on() -> Vec<super::RetryOn> {
         vec![super::RetryOn::Condition("connect_error".into())]
     }
-    pub fn rate_key() -> String {
+    pub(super) fn rate_key() -> String {
         "client_ip".into()
     }
-    pub fn cors_methods() -> Vec<String> {
+    pub(super) fn cors_methods() -> Vec<String> {
         ["GET", "HEAD", "POST"]
             .iter()
             .map(|m| m.to_string())
             .collect()
     }
-    pub fn passive_failures() -> u32 {
+    pub(super) fn passive_failures() -> u32 {
         5
     }
-    pub fn eject_for() -> Dur {
+    pub(super) fn eject_for() -> Dur {
         Dur::secs(30)
     }
-    pub fn respond_status() -> u16 {
+    pub(super) fn respond_status() -> u16 {
         200
     }
-    pub fn websocket_idle_opt() -> Option<Dur> {
+    pub(super) fn websocket_idle_opt() -> Option<Dur> {
         Some(Dur::secs(3600))
     }
-    pub fn header_timeout() -> Dur {
+    pub(super) fn header_timeout() -> Dur {
         Dur::secs(10)
     }
-    pub fn body_timeout() -> Dur {
+    pub(super) fn body_timeout() -> Dur {
         Dur::secs(60)
     }
-    pub fn keepalive_timeout() -> Dur {
+    pub(super) fn keepalive_timeout() -> Dur {
         Dur::secs(60)
     }
-    pub fn min_body_bytes_per_second() -> u64 {
+    pub(super) fn min_body_bytes_per_second() -> u64 {
         240
     }
-    pub fn min_body_grace() -> Dur {
+    pub(super) fn min_body_grace() -> Dur {
         Dur::secs(5)
     }
-    pub fn log_format() -> String {
+    pub(super) fn log_format() -> String {
         "json".into()
     }
 }

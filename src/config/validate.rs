@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-pub fn validate(c: &Config, base: Option<&Path>) -> Vec<Problem> {
+pub(super) fn validate(c: &Config, base: Option<&Path>) -> Vec<Problem> {
     let mut v = Validator {
         problems: Vec::new(),
         base: base.map(Path::to_path_buf),
@@ -30,7 +30,7 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
 /// A backend address: `ip:port` or `host:port` (resolved at run time).
 /// A route's host: an exact name, or `*.` followed by at least one label (`*.example.com`
 /// matches `api.example.com`, never `example.com` or `evilexample.com`).
-pub fn check_host_pattern(h: &str) -> Result<(), String> {
+pub(super) fn check_host_pattern(h: &str) -> Result<(), String> {
     let name = match h.strip_prefix('*') {
         Some(rest) => rest
             .strip_prefix('.')
@@ -187,7 +187,7 @@ impl Validator {
                     match l.pool.as_deref().map(|name| (name, c.pools.get(name))) {
                         None => self.err(format!("{p}.pool"), "a tcp listener needs a pool"),
                         Some((name, None)) => {
-                            self.err(format!("{p}.pool"), format!("no pool named {name:?}"))
+                            self.err(format!("{p}.pool"), format!("no pool named {name:?}"));
                         }
                         Some((name, Some(pool))) if pool.backends.is_empty() => self.err(
                             format!("{p}.pool"),
@@ -199,7 +199,7 @@ impl Validator {
                             self.err(
                                 format!("{p}.pool"),
                                 format!("pool {name:?} hashes on a request part; a tcp listener has only the client IP (hash_on: client_ip)"),
-                            )
+                            );
                         }
                         Some(_) => {}
                     }
@@ -264,7 +264,7 @@ impl Validator {
         }
         match (pool.balance, &pool.hash_on) {
             (Balance::ConsistentHash, None) => {
-                self.err(format!("{p}.hash_on"), "consistent_hash needs hash_on")
+                self.err(format!("{p}.hash_on"), "consistent_hash needs hash_on");
             }
             (Balance::ConsistentHash, Some(h)) => {
                 if let Err(e) = crate::runtime::HashOn::parse(h) {

@@ -10,7 +10,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 /// A local answer with its request id and, when asked, the security headers.
-pub struct Local<'a> {
+pub(super) struct Local<'a> {
     pub status: u16,
     pub body: Bytes,
     pub content_type: &'a str,
@@ -25,7 +25,7 @@ pub struct Local<'a> {
 }
 
 impl Local<'_> {
-    pub fn header(&self) -> pingora::Result<ResponseHeader> {
+    pub(super) fn header(&self) -> pingora::Result<ResponseHeader> {
         let mut r = ResponseHeader::build(self.status, Some(6))?;
         r.insert_header("content-type", self.content_type)?;
         r.insert_header("content-length", self.body.len().to_string())?;
@@ -42,7 +42,7 @@ impl Local<'_> {
         Ok(r)
     }
 
-    pub async fn send(self, session: &mut Session) -> pingora::Result<()> {
+    pub(super) async fn send(self, session: &mut Session) -> pingora::Result<()> {
         if !self.keepalive {
             session.set_keepalive(None);
         }
@@ -59,7 +59,7 @@ impl Local<'_> {
 }
 
 /// A short plain-text error body: `404 no route\n`.
-pub fn text(status: u16, reason: &str) -> Bytes {
+pub(super) fn text(status: u16, reason: &str) -> Bytes {
     Bytes::from(format!("{status} {reason}\n"))
 }
 

@@ -27,7 +27,7 @@ pub struct Ctx {
 
 /// Who is asking: the request id and what the policies found out about the client.
 #[derive(Default)]
-pub struct Client {
+pub(super) struct Client {
     pub(super) request_id: String,
     pub(super) ip: Option<IpAddr>,
     /// The socket peer, which may be a trusted proxy in front.
@@ -41,7 +41,7 @@ pub struct Client {
 
 /// The backends tried so far and the one being tried.
 #[derive(Default)]
-pub struct Attempt {
+pub(super) struct Attempt {
     pub(super) tries: u32,
     pub(super) tried: Vec<SocketAddr>,
     pub(super) backend: Option<Member>,
@@ -59,7 +59,7 @@ pub struct Attempt {
 
 /// The request body on its way up.
 #[derive(Default)]
-pub struct BodyState {
+pub(super) struct BodyState {
     /// A body without a declared length, counted against `max_body` as it streams.
     pub(super) held: Option<Held>,
     /// A body read before choosing the backend, replayed in full to it.
@@ -70,7 +70,7 @@ pub struct BodyState {
 
 /// The `openai: true` side of the request.
 #[derive(Default)]
-pub struct OpenAi {
+pub(super) struct OpenAi {
     pub(super) on: bool,
     pub(super) model: Option<String>,
     pub(super) usage: Option<UsageScanner>,

@@ -226,11 +226,7 @@ fn prepare_body(session: &mut Session, ctx: &mut Ctx, route: &Route) {
 }
 
 fn declared_body(session: &Session, limit: u64) -> Declared {
-    let cl = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH);
-    body::declared(cl.map(|v| v.as_bytes()), limit)
+    body::declared(&session.req_header().headers, limit)
 }
 
 /// Keeps the connection for the next request for `edge.keepalive_timeout`, when the client

@@ -110,7 +110,7 @@ impl HealthCheck for Recorder {
 }
 
 /// The check for a pool, or `None` for `kind: none` (every backend counts as healthy).
-pub fn build(
+pub(super) fn build(
     pool: &str,
     cfg: &HealthCheckConfig,
     tls: Option<&UpstreamTlsSettings>,

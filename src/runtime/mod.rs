@@ -65,7 +65,7 @@ pub struct ReloadStatus {
 }
 
 mod unix_secs {
-    pub fn serialize<S: serde::Serializer>(
+    pub(super) fn serialize<S: serde::Serializer>(
         t: &std::time::SystemTime,
         s: S,
     ) -> Result<S::Ok, S::Error> {

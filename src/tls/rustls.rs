@@ -27,7 +27,7 @@ impl fmt::Debug for Entry {
     }
 }
 
-pub fn provider() -> Arc<CryptoProvider> {
+pub(super) fn provider() -> Arc<CryptoProvider> {
     pingora::tls::install_default_crypto_provider();
     CryptoProvider::get_default()
         .cloned()
@@ -88,7 +88,7 @@ fn entry(
 }
 
 /// A certificate for `names`, made now and kept only in memory (for local trials).
-pub fn self_signed(names: &[String]) -> Result<Entry, TlsError> {
+pub(super) fn self_signed(names: &[String]) -> Result<Entry, TlsError> {
     let (cert, key) = super::self_signed_der(names)?;
     let key = PrivateKeyDer::try_from(key).map_err(|e| TlsError::SelfSigned(e.to_string()))?;
     entry(vec![CertificateDer::from(cert)], key).map_err(TlsError::SelfSigned)
@@ -114,7 +114,7 @@ impl super::Certificate for Entry {
 
 /// The rustls hook: asks the store on every handshake.
 #[derive(Debug)]
-pub struct Resolver(pub Arc<CertStore>);
+pub(super) struct Resolver(pub Arc<CertStore>);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {

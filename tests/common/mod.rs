@@ -1,6 +1,8 @@
 //! The one end-to-end harness: a temp dir with a YAML file, the real switchyard binary,
 //! real upstream servers on 127.0.0.1, and readiness probes instead of sleeps.
 #![allow(dead_code)]
+// Test helpers are not an API: `pub` is how the test files reach them.
+#![allow(unreachable_pub)]
 
 pub mod certs;
 pub mod mock_openai;

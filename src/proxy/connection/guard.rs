@@ -206,7 +206,7 @@ impl AsyncWrite for HeadGuard {
 #[async_trait]
 impl Shutdown for HeadGuard {
     async fn shutdown(&mut self) {
-        self.inner.shutdown().await
+        self.inner.shutdown().await;
     }
 }
 
@@ -250,7 +250,7 @@ impl GetProxyDigest for HeadGuard {
     }
 
     fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
-        self.inner.set_proxy_digest(digest)
+        self.inner.set_proxy_digest(digest);
     }
 }
 
@@ -260,7 +260,7 @@ impl GetSocketDigest for HeadGuard {
     }
 
     fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
-        self.inner.set_socket_digest(digest)
+        self.inner.set_socket_digest(digest);
     }
 }
 

@@ -64,7 +64,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionApp<A> {
     }
 
     async fn cleanup(&self) {
-        self.inner.http_cleanup().await
+        self.inner.http_cleanup().await;
     }
 }
 

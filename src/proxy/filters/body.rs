@@ -16,11 +16,19 @@ pub enum Declared {
     Unknown,
 }
 
-pub fn declared(content_length: Option<&[u8]>, limit: u64) -> Declared {
-    match content_length
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
+/// The request's `Content-Length`, when it has a valid one.
+pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+pub fn declared(headers: &http::HeaderMap, limit: u64) -> Declared {
+    match content_length(headers) {
         Some(n) if n > limit => Declared::Over(n),
         Some(_) => Declared::Within,
         None => Declared::Unknown,
@@ -117,11 +125,7 @@ pub async fn pre_read(
     deadline: Instant,
     pace: Pace,
 ) -> pingora::Result<PreRead> {
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let declared = content_length(&session.req_header().headers);
     if declared.is_some_and(|n| n > limit) {
         return Ok(PreRead::TooLarge);
     }
@@ -245,8 +249,20 @@ mod tests {
 
     #[test]
     fn declared_lengths() {
-        assert!(matches!(declared(Some(b"5"), 4), Declared::Over(5)));
-        assert!(matches!(declared(Some(b"4"), 4), Declared::Within));
-        assert!(matches!(declared(None, 4), Declared::Unknown));
+        let with = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::CONTENT_LENGTH,
+                http::HeaderValue::from_static(v),
+            );
+            h
+        };
+        assert!(matches!(declared(&with("5"), 4), Declared::Over(5)));
+        assert!(matches!(declared(&with("4"), 4), Declared::Within));
+        assert!(matches!(declared(&with("x"), 4), Declared::Unknown));
+        assert!(matches!(
+            declared(&http::HeaderMap::new(), 4),
+            Declared::Unknown
+        ));
     }
 }

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod handover;
+pub mod logsink;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;

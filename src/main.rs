@@ -5,20 +5,31 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 use switchyard::cli::{Cli, Command};
 use switchyard::{config, serve};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    // Diagnostics are queued for a writer thread too: a stalled stderr must not stall a worker.
+    logger.target(env_logger::Target::Pipe(Box::new(
+        switchyard::logsink::StderrQueue,
+    )));
+    if std::io::stderr().is_terminal() {
+        logger.write_style(env_logger::WriteStyle::Always);
+    }
+    logger.init();
     let cli = Cli::parse();
-    match cli.command {
+    let code = match cli.command {
         Some(Command::Check { config }) => check(&config),
         Some(Command::HashKey) => hash_key(),
         Some(Command::Run(args)) => run(args),
         None => run(cli.run),
-    }
+    };
+    switchyard::logsink::flush(std::time::Duration::from_secs(2));
+    code
 }
 
 fn run(args: switchyard::cli::RunArgs) -> ExitCode {

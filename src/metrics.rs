@@ -2,9 +2,9 @@
 //! that `pingora_prometheus` re-exports. Label values come from the config only.
 
 use pingora_prometheus::prometheus::{
-    self, register_gauge, register_gauge_vec, register_histogram_vec, register_int_counter_vec,
-    register_int_gauge_vec, Encoder, Gauge, GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec,
-    TextEncoder,
+    self, register_gauge, register_gauge_vec, register_histogram_vec, register_int_counter,
+    register_int_counter_vec, register_int_gauge_vec, Encoder, Gauge, GaugeVec, HistogramVec,
+    IntCounter, IntCounterVec, IntGaugeVec, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -64,6 +64,9 @@ metric!(DOWNSTREAM_CONNECTIONS: IntGaugeVec = register_int_gauge_vec!(
 metric!(TLS_EXPIRY: GaugeVec = register_gauge_vec!(
     "switchyard_tls_certificate_expiry_timestamp_seconds",
     "Unix time when a listener's certificate expires.", &["listener", "name"]));
+metric!(LOG_LINES_DROPPED: IntCounter = register_int_counter!(
+    "switchyard_log_lines_dropped_total",
+    "Log lines (access, audit, diagnostics) dropped because stdout or stderr did not keep up."));
 
 pub const RELOAD_SOURCES: &[&str] = &["startup", "file", "signal", "admin"];
 
@@ -115,6 +118,7 @@ pub fn init() {
         }
     }
     LazyLock::force(&LAST_RELOAD_OK);
+    LazyLock::force(&LOG_LINES_DROPPED);
 }
 
 pub fn reload(source: &str, ok: bool) {

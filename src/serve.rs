@@ -32,6 +32,9 @@ const PLAIN_READ_BUFFER: usize = 1024;
 /// holds 17 KB instead of 36 KB, with the same syscalls per request (docs/benchmarks.md, TLS).
 const TLS_READ_BUFFER: usize = 0;
 
+/// How long the last queued log lines may take to be written at exit.
+const EXIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct RunOptions {
     pub config: PathBuf,
     pub daemon: bool,
@@ -156,7 +159,10 @@ pub fn run(opts: RunOptions) -> Result<()> {
         loaded.config.listeners.len(),
         loaded.config.admin.listen
     );
-    server.run_forever()
+    server.run(pingora::server::RunArgs::default());
+    // Log lines still queued would die with the process; a stalled reader gets a bounded wait.
+    crate::logsink::flush(EXIT_FLUSH);
+    std::process::exit(0)
 }
 
 fn certificate_stores(c: &Config, path: &std::path::Path) -> Result<Vec<(String, Arc<CertStore>)>> {

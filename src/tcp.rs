@@ -3,7 +3,7 @@
 //! and an idle timeout. Allow/deny lists are applied at accept (Pingora's connection filter).
 
 use crate::runtime::policy::acl;
-use crate::runtime::pool::{InflightGuard, Member};
+use crate::runtime::pool::{client_ip_key, InflightGuard};
 use crate::runtime::{HashOn, State};
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -68,16 +68,20 @@ impl ServerApp for TcpProxy {
         let idle = listener.idle.map(|d| d.get()).unwrap_or(DEFAULT_IDLE);
         let retries = listener.retries.unwrap_or(DEFAULT_RETRIES);
         let client = peer_ip(&io);
-        let key = match (&pool.hash_on, client) {
-            (Some(HashOn::ClientIp), Some(ip)) => ip.to_string().into_bytes(),
-            _ => Vec::new(),
+        let mut buf = [0u8; 16];
+        // The same key as HTTP routes use, so a client lands on the same backend either way.
+        let key = match &pool.hash_on {
+            Some(HashOn::ClientIp) => client_ip_key(client, &mut buf),
+            _ => b"",
         };
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
-            let member = match pool.select(&key, None, |a| !tried.contains(a)) {
-                Ok(m) => m,
-                Err(_) => {
-                    log::warn!("tcp {}: no backend for {client:?}", self.listener);
+            // The backend's `max_inflight` slot is taken with the choice, before the connect
+            // yields, so simultaneous connections cannot all pass the same free slot.
+            let (member, slot) = match pool.select_reserved(key, None, |a| !tried.contains(a)) {
+                Ok(chosen) => chosen,
+                Err(why) => {
+                    log::warn!("tcp {}: no backend for {client:?} ({why:?})", self.listener);
                     return None;
                 }
             };
@@ -85,7 +89,7 @@ impl ServerApp for TcpProxy {
             match tokio::time::timeout(connect, TcpStream::connect(member.addr)).await {
                 Ok(Ok(upstream)) => {
                     pool.record_outcome(&member, false);
-                    self.tunnel(io, upstream, &member, idle, shutdown.clone())
+                    self.tunnel(io, upstream, slot, idle, shutdown.clone())
                         .await;
                     return None;
                 }
@@ -109,11 +113,10 @@ impl TcpProxy {
         &self,
         client: Stream,
         upstream: TcpStream,
-        member: &Member,
+        _slot: InflightGuard,
         idle: Duration,
         mut shutdown: ShutdownWatch,
     ) {
-        let _inflight = InflightGuard::new(&member.stats);
         let _ = upstream.set_nodelay(true);
         crate::metrics::TCP_CONNECTIONS
             .with_label_values(&[self.listener.as_str()])

@@ -312,5 +312,8 @@ fn audit(call: &Call, key_id: &str, reply: &Reply) {
         "new_hash": body.get("hash"),
         "error": body.get("error"),
     });
-    println!("{line}");
+    if let Ok(mut text) = serde_json::to_vec(&line) {
+        text.push(b'\n');
+        crate::logsink::write(crate::logsink::Output::Stdout, text);
+    }
 }

@@ -1,7 +1,7 @@
-//! One JSON line per request on stdout (journald under systemd).
+//! One JSON line per request on stdout (journald under systemd), written by the log
+//! writer thread so that a slow reader never holds up a request.
 
 use serde::Serialize;
-use std::io::Write;
 
 #[derive(Serialize)]
 pub struct Line<'a> {
@@ -46,7 +46,7 @@ pub const FIELDS: &[&str] = &[
     "error",
 ];
 
-/// Writes `line`, with only `fields` when that list is not empty.
+/// Queues `line` for stdout, with only `fields` when that list is not empty.
 pub fn write(line: &Line<'_>, fields: &[String]) {
     let encoded = if fields.is_empty() {
         serde_json::to_vec(line)
@@ -62,8 +62,7 @@ pub fn write(line: &Line<'_>, fields: &[String]) {
         return;
     };
     text.push(b'\n');
-    // One write per line keeps lines whole when threads log at once.
-    let _ = std::io::stdout().lock().write_all(&text);
+    crate::logsink::write(crate::logsink::Output::Stdout, text);
 }
 
 pub fn now_rfc3339() -> String {

@@ -3,7 +3,7 @@
 
 use super::context::Ctx;
 use crate::metrics;
-use crate::runtime::pool::NoBackend;
+use crate::runtime::pool::{client_ip_key, NoBackend};
 use crate::runtime::HashOn;
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -78,21 +78,11 @@ pub(super) fn choose_peer(session: &Session, ctx: &mut Ctx) -> Result<Box<HttpPe
 fn hash_key<'a>(
     how: &HashOn,
     req: &'a RequestHeader,
-    client: &'a Option<IpAddr>,
+    client: &Option<IpAddr>,
     buf: &'a mut [u8; 16],
 ) -> &'a [u8] {
     match how {
-        HashOn::ClientIp => match client {
-            Some(IpAddr::V4(v4)) => {
-                buf[..4].copy_from_slice(&v4.octets());
-                &buf[..4]
-            }
-            Some(IpAddr::V6(v6)) => {
-                *buf = v6.octets();
-                &buf[..]
-            }
-            None => b"",
-        },
+        HashOn::ClientIp => client_ip_key(*client, buf),
         HashOn::Header(name) => req.headers.get(name).map(|v| v.as_bytes()).unwrap_or(b""),
         HashOn::Cookie(name) => req
             .headers

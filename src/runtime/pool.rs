@@ -14,7 +14,7 @@ use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, Random, 
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -86,11 +86,6 @@ impl Member {
 pub struct InflightGuard(Arc<BackendStats>);
 
 impl InflightGuard {
-    pub fn new(stats: &Arc<BackendStats>) -> Self {
-        stats.inflight.fetch_add(1, Ordering::Relaxed);
-        InflightGuard(stats.clone())
-    }
-
     /// Takes one of `member`'s `max_inflight` slots, atomically; `None` when it is full.
     pub fn reserve(member: &Member) -> Option<Self> {
         let max = member.meta.max_inflight.unwrap_or(usize::MAX);
@@ -267,6 +262,24 @@ impl HashOn {
     }
 }
 
+/// The `consistent_hash` key of a client address for `hash_on: client_ip`: its raw octets
+/// (4 for IPv4, 16 for IPv6, an IPv4-mapped IPv6 address counting as IPv4), empty when the
+/// address is unknown. HTTP routes and TCP listeners both hash this, so one client lands on
+/// the same backend of a pool through either.
+pub fn client_ip_key(ip: Option<IpAddr>, buf: &mut [u8; 16]) -> &[u8] {
+    match ip.map(|ip| ip.to_canonical()) {
+        Some(IpAddr::V4(v4)) => {
+            buf[..4].copy_from_slice(&v4.octets());
+            &buf[..4]
+        }
+        Some(IpAddr::V6(v6)) => {
+            *buf = v6.octets();
+            &buf[..]
+        }
+        None => b"",
+    }
+}
+
 /// A pool as one snapshot sees it.
 pub struct Pool {
     pub name: String,
@@ -297,6 +310,7 @@ impl Pool {
             let addr = m.addr.to_string();
             let healthy = lb.balancer.backends().ready(&backend_of(m));
             crate::metrics::set_backend_healthy(name, &addr, healthy);
+            crate::metrics::set_backend_ejected(name, &addr, m.stats.is_ejected());
             crate::metrics::CONNECT_FAILURES.with_label_values(&[name, addr.as_str()]);
         }
         Pool {
@@ -406,17 +420,43 @@ impl Pool {
         }
         let n = stats.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= ph.consecutive_failures && !stats.is_ejected() {
-            let until = now_ms() + ph.eject_for.get().as_millis() as u64;
+            let eject_for = ph.eject_for.get();
+            let until = now_ms() + eject_for.as_millis() as u64;
             stats.ejected_until.store(until, Ordering::Relaxed);
             stats.failures.store(0, Ordering::Relaxed);
-            crate::metrics::set_backend_ejected(&self.name, &member.addr.to_string(), true);
+            let addr = member.addr.to_string();
+            crate::metrics::set_backend_ejected(&self.name, &addr, true);
             log::warn!(
-                "pool {}: backend {} ejected for {:?} after {n} failures in a row",
+                "pool {}: backend {addr} ejected for {eject_for:?} after {n} failures in a row",
                 self.name,
-                member.addr,
-                ph.eject_for.get()
             );
+            self.end_ejection_later(stats.clone(), addr, until, eject_for);
         }
+    }
+
+    /// Sets the `backend_ejected` gauge back to 0 when the ejection that ends at `until` is
+    /// over. Nothing else would: an ejected backend gets no traffic to notice the time is up.
+    fn end_ejection_later(&self, stats: Arc<BackendStats>, addr: String, until: u64, d: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Not on a runtime (never the case when serving): the next snapshot resets it.
+            return;
+        };
+        let pool = self.name.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(d).await;
+            // Wait out any rounding of the millisecond clock, bounded.
+            for _ in 0..100 {
+                if !stats.is_ejected() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // Only the ejection this task was started for: a later one has its own task.
+            if stats.ejected_until.load(Ordering::Relaxed) == until && !stats.is_ejected() {
+                crate::metrics::set_backend_ejected(&pool, &addr, false);
+                log::info!("pool {pool}: backend {addr} is back from its ejection");
+            }
+        });
     }
 
     /// The models this pool's usable backends serve (configured names only).
@@ -568,6 +608,22 @@ mod tests {
         assert!(matches!(HashOn::parse("cookie:sid").unwrap(), HashOn::Cookie(c) if c == "sid"));
         assert!(HashOn::parse("header:").is_err());
         assert!(HashOn::parse("path").is_err());
+    }
+
+    #[test]
+    fn client_ip_key_is_the_raw_octets() {
+        let mut buf = [0u8; 16];
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(client_ip_key(Some(v4), &mut buf), &[10, 1, 2, 3]);
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(client_ip_key(Some(mapped), &mut buf), &[10, 1, 2, 3]);
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let want = match v6 {
+            IpAddr::V6(a) => a.octets(),
+            IpAddr::V4(_) => unreachable!(),
+        };
+        assert_eq!(client_ip_key(Some(v6), &mut buf), &want);
+        assert!(client_ip_key(None, &mut buf).is_empty());
     }
 
     #[test]

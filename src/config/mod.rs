@@ -10,10 +10,12 @@ pub mod store;
 mod types;
 pub mod units;
 mod validate;
+pub mod values;
 
 pub use env::{process_env, substitute};
 pub use types::*;
-pub use validate::{check_host_port, parse_cidr};
+pub use validate::check_host_port;
+pub use values::{Cidr, HashOn, HostPattern, RateLimitKey};
 
 use locate::Positions;
 use serde::Serialize;

@@ -4,6 +4,7 @@
 //! recognised, and `validate` rejects them with "not supported yet" instead of ignoring them.
 
 use super::units::{Dur, Size};
+use super::values::{HashOn, HostPattern, RateLimitKey};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -155,7 +156,7 @@ pub struct PoolConfig {
     pub balance: Balance,
     /// `client_ip | header:NAME | cookie:NAME | query:NAME`, for `consistent_hash`.
     #[serde(default)]
-    pub hash_on: Option<String>,
+    pub hash_on: Option<HashOn>,
     #[serde(default)]
     pub health_check: HealthCheckConfig,
     /// Eject a backend after consecutive 5xx answers or connect failures.
@@ -364,8 +365,8 @@ pub struct RateLimitConfig {
     pub requests: u64,
     pub per: Dur,
     /// `client_ip | api_key | header:NAME`.
-    #[serde(default = "d::rate_key")]
-    pub key: String,
+    #[serde(default)]
+    pub key: RateLimitKey,
     /// Extra requests allowed in a window on top of `requests`.
     #[serde(default)]
     pub burst: u64,
@@ -426,7 +427,7 @@ pub struct ScopedKey {
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
     #[serde(default)]
-    pub host: Vec<String>,
+    pub host: Vec<HostPattern>,
     #[serde(default)]
     pub path_prefix: Option<String>,
     #[serde(default)]
@@ -667,9 +668,6 @@ mod d {
     }
     pub(super) fn retry_on() -> Vec<super::RetryOn> {
         vec![super::RetryOn::Condition("connect_error".into())]
-    }
-    pub(super) fn rate_key() -> String {
-        "client_ip".into()
     }
     pub(super) fn cors_methods() -> Vec<String> {
         ["GET", "HEAD", "POST"]

@@ -229,38 +229,7 @@ impl LbHandle {
 }
 
 /// How a `consistent_hash` pool picks the key.
-#[derive(Debug, Clone, PartialEq)]
-pub enum HashOn {
-    ClientIp,
-    Header(http::HeaderName),
-    Cookie(String),
-    Query(String),
-}
-
-impl HashOn {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "unknown hash_on {text:?}; use client_ip, header:NAME, cookie:NAME or query:NAME"
-            )
-        };
-        if text == "client_ip" {
-            return Ok(HashOn::ClientIp);
-        }
-        let (kind, name) = text.split_once(':').ok_or_else(bad)?;
-        if name.is_empty() {
-            return Err(bad());
-        }
-        match kind {
-            "header" => http::HeaderName::from_bytes(name.as_bytes())
-                .map(HashOn::Header)
-                .map_err(|_| format!("invalid header name {name:?}")),
-            "cookie" => Ok(HashOn::Cookie(name.to_string())),
-            "query" => Ok(HashOn::Query(name.to_string())),
-            _ => Err(bad()),
-        }
-    }
-}
+pub use crate::config::HashOn;
 
 /// The `consistent_hash` key of a client address for `hash_on: client_ip`: its raw octets
 /// (4 for IPv4, 16 for IPv6, an IPv4-mapped IPv6 address counting as IPv4), empty when the
@@ -317,10 +286,7 @@ impl Pool {
             name: name.to_string(),
             config: config.clone(),
             lb,
-            hash_on: config
-                .hash_on
-                .as_deref()
-                .and_then(|h| HashOn::parse(h).ok()),
+            hash_on: config.hash_on.clone(),
             tls,
         }
     }
@@ -601,14 +567,6 @@ pub fn has_hostnames(config: &PoolConfig) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hash_on_forms() {
-        assert_eq!(HashOn::parse("client_ip").unwrap(), HashOn::ClientIp);
-        assert!(matches!(HashOn::parse("cookie:sid").unwrap(), HashOn::Cookie(c) if c == "sid"));
-        assert!(HashOn::parse("header:").is_err());
-        assert!(HashOn::parse("path").is_err());
-    }
 
     #[test]
     fn client_ip_key_is_the_raw_octets() {

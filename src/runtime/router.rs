@@ -4,7 +4,8 @@ use super::policy::auth::ClientKey;
 use super::policy::cors::Cors;
 use super::policy::rate_limit::Limiter;
 use super::pool::Pool;
-use crate::config::{parse_cidr, HeaderOps, RetryOn, RouteConfig};
+use crate::config::values::nets;
+use crate::config::{HeaderOps, HostPattern, RetryOn, RouteConfig};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use std::borrow::Cow;
@@ -66,26 +67,6 @@ fn header_pairs(map: &BTreeMap<String, String>) -> Vec<(HeaderName, HeaderValue)
         .collect()
 }
 
-enum HostPattern {
-    Exact(String),
-    /// `*.example.com` stored as `.example.com`.
-    Suffix(String),
-}
-
-impl HostPattern {
-    fn matches(&self, host: &str) -> bool {
-        match self {
-            HostPattern::Exact(h) => host.eq_ignore_ascii_case(h),
-            HostPattern::Suffix(s) => {
-                host.len() > s.len() && {
-                    let tail = &host[host.len() - s.len()..];
-                    tail.eq_ignore_ascii_case(s) && !host[..host.len() - s.len()].contains('.')
-                }
-            }
-        }
-    }
-}
-
 pub struct Route {
     pub name: String,
     pub config: RouteConfig,
@@ -128,7 +109,6 @@ impl Route {
             (None, None) => return None,
         };
         let m = &config.matcher;
-        let cidrs = |l: &[String]| l.iter().filter_map(|c| parse_cidr(c).ok()).collect();
         let models = match &target {
             Target::Pool(p) => p
                 .config
@@ -162,18 +142,11 @@ impl Route {
             cors: config.cors.as_ref().map(Cors::new),
             metrics: crate::metrics::RouteMetrics::new(&config.name, config.pool.as_deref()),
             target,
-            allow: cidrs(&config.allow),
-            deny: cidrs(&config.deny),
+            allow: nets(&config.allow),
+            deny: nets(&config.deny),
             request_headers: HeaderEdits::compile(&config.request_headers),
             response_headers: HeaderEdits::compile(&config.response_headers),
-            hosts: m
-                .host
-                .iter()
-                .map(|h| match h.strip_prefix('*') {
-                    Some(suffix) => HostPattern::Suffix(suffix.to_ascii_lowercase()),
-                    None => HostPattern::Exact(h.to_ascii_lowercase()),
-                })
-                .collect(),
+            hosts: m.host.clone(),
             path_prefix: m.path_prefix.clone(),
             methods: m
                 .methods
@@ -359,14 +332,6 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wildcard_host() {
-        let p = HostPattern::Suffix(".example.com".into());
-        assert!(p.matches("API.example.com"));
-        assert!(!p.matches("example.com"));
-        assert!(!p.matches("a.b.example.com"));
-    }
 
     /// The index answers exactly what a scan in config order answers.
     #[test]

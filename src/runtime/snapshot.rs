@@ -3,7 +3,8 @@
 
 use super::pool::Pool;
 use super::router::{Route, Router};
-use crate::config::{parse_cidr, EscapedSlashes, Loaded, MinBodyRate};
+use crate::config::values::nets;
+use crate::config::{EscapedSlashes, Loaded, MinBodyRate};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,11 +53,10 @@ impl Snapshot {
                 Route::compile(r, &pools, previous_route(&r.name).as_deref()).map(Arc::new)
             })
             .collect();
-        let cidrs = |l: &[String]| l.iter().filter_map(|x| parse_cidr(x).ok()).collect();
         let edge = EdgePolicy {
-            trusted_proxies: cidrs(&c.edge.trusted_proxies),
-            allow: cidrs(&c.edge.allow),
-            deny: cidrs(&c.edge.deny),
+            trusted_proxies: nets(&c.edge.trusted_proxies),
+            allow: nets(&c.edge.allow),
+            deny: nets(&c.edge.deny),
             security_headers: c.edge.security_headers,
             access_log: c.edge.access_log.enabled,
             access_log_fields: c.edge.access_log.fields.clone(),

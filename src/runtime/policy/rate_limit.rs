@@ -3,7 +3,7 @@
 //! overcount on hash collisions, never undercounts).
 
 use super::auth::ClientKey;
-use crate::config::RateLimitConfig;
+use crate::config::{RateLimitConfig, RateLimitKey};
 use http::HeaderMap;
 use pingora_limits::rate::{Rate, RateComponents};
 use std::net::IpAddr;
@@ -30,15 +30,10 @@ pub struct Limited {
 
 impl Limiter {
     pub fn new(config: &RateLimitConfig) -> Limiter {
-        let key = match config.key.as_str() {
-            "api_key" => CountBy::Client,
-            k => match k
-                .strip_prefix("header:")
-                .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
-            {
-                Some(h) => CountBy::Header(h),
-                None => CountBy::ClientIp,
-            },
+        let key = match &config.key {
+            RateLimitKey::ClientIp => CountBy::ClientIp,
+            RateLimitKey::ApiKey => CountBy::Client,
+            RateLimitKey::Header(h) => CountBy::Header(h.clone()),
         };
         Limiter {
             config: config.clone(),

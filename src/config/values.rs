@@ -1,0 +1,273 @@
+//! Config values that have structure, parsed once when the file is read: a bad one is an
+//! error with its YAML path there, and everything after (validation, the compiled runtime)
+//! works with the parsed value and never parses, or skips, it again.
+
+use http::HeaderName;
+use ipnet::IpNet;
+use std::fmt;
+use std::net::IpAddr;
+
+/// Serde goes through the text form: `try_from = "String"` and `into = "String"`.
+macro_rules! text_value {
+    ($ty:ty) => {
+        impl TryFrom<String> for $ty {
+            type Error = String;
+            fn try_from(text: String) -> Result<Self, String> {
+                <$ty>::parse(&text)
+            }
+        }
+        impl From<$ty> for String {
+            fn from(v: $ty) -> String {
+                v.to_string()
+            }
+        }
+    };
+}
+
+/// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare address for one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr(pub IpNet);
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let t = text.trim();
+        t.parse::<IpNet>()
+            .map(|n| n.trunc())
+            .or_else(|_| t.parse::<IpAddr>().map(IpNet::from))
+            .map(Cidr)
+            .map_err(|_| format!("invalid CIDR {text:?}; write e.g. 10.0.0.0/8 or 192.0.2.7"))
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+text_value!(Cidr);
+
+/// The networks of a validated CIDR list (validation reports every bad entry at once, with
+/// its place, so the list stays text in the config types).
+pub fn nets(list: &[String]) -> Vec<IpNet> {
+    list.iter()
+        .filter_map(|c| Cidr::parse(c).ok())
+        .map(|c| c.0)
+        .collect()
+}
+
+/// A route's host: an exact name (or address), or `*.` and a name, which matches exactly one
+/// label in front (`*.example.com` matches `api.example.com`, never `example.com` or
+/// `evilexample.com`). Stored lower-case.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum HostPattern {
+    Exact(String),
+    /// `*.example.com`, kept as `.example.com`.
+    Suffix(String),
+}
+
+impl HostPattern {
+    pub fn parse(h: &str) -> Result<HostPattern, String> {
+        let (name, wildcard) = match h.strip_prefix('*') {
+            Some(rest) => (
+                rest.strip_prefix('.').ok_or_else(|| {
+                    format!("invalid host {h:?}: a wildcard is written *.example.com")
+                })?,
+                true,
+            ),
+            None => (h, false),
+        };
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        let address = !wildcard && h.parse::<IpAddr>().is_ok();
+        if !address && !name.split('.').all(label_ok) {
+            return Err(format!(
+                "invalid host {h:?}: write a name (api.example.com) or *. and a name (*.example.com)"
+            ));
+        }
+        let name = name.to_ascii_lowercase();
+        Ok(if wildcard {
+            HostPattern::Suffix(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name)
+        })
+    }
+
+    /// `host` without its port, in any case.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => host.eq_ignore_ascii_case(h),
+            HostPattern::Suffix(s) => {
+                host.len() > s.len() && host.is_char_boundary(host.len() - s.len()) && {
+                    let (head, tail) = host.split_at(host.len() - s.len());
+                    tail.eq_ignore_ascii_case(s) && !head.contains('.')
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+text_value!(HostPattern);
+
+/// What a `consistent_hash` pool hashes: `client_ip`, `header:NAME`, `cookie:NAME` or
+/// `query:NAME`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum HashOn {
+    ClientIp,
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+}
+
+impl HashOn {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "unknown hash_on {text:?}; use client_ip, header:NAME, cookie:NAME or query:NAME"
+            )
+        };
+        if text == "client_ip" {
+            return Ok(HashOn::ClientIp);
+        }
+        let (kind, name) = text.split_once(':').ok_or_else(bad)?;
+        if name.is_empty() {
+            return Err(bad());
+        }
+        match kind {
+            "header" => header_name(name).map(HashOn::Header),
+            "cookie" => Ok(HashOn::Cookie(name.to_string())),
+            "query" => Ok(HashOn::Query(name.to_string())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for HashOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashOn::ClientIp => f.write_str("client_ip"),
+            HashOn::Header(h) => write!(f, "header:{h}"),
+            HashOn::Cookie(c) => write!(f, "cookie:{c}"),
+            HashOn::Query(q) => write!(f, "query:{q}"),
+        }
+    }
+}
+
+text_value!(HashOn);
+
+/// What a rate limit counts by: `client_ip`, `api_key` (the key that passed the route's
+/// auth) or `header:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum RateLimitKey {
+    #[default]
+    ClientIp,
+    ApiKey,
+    Header(HeaderName),
+}
+
+impl RateLimitKey {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "client_ip" => Ok(RateLimitKey::ClientIp),
+            "api_key" => Ok(RateLimitKey::ApiKey),
+            t => match t.strip_prefix("header:") {
+                Some(h) => header_name(h).map(RateLimitKey::Header),
+                None => Err(format!(
+                    "unknown rate limit key {t:?}; use client_ip, api_key or header:NAME"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for RateLimitKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RateLimitKey::ClientIp => f.write_str("client_ip"),
+            RateLimitKey::ApiKey => f.write_str("api_key"),
+            RateLimitKey::Header(h) => write!(f, "header:{h}"),
+        }
+    }
+}
+
+text_value!(RateLimitKey);
+
+fn header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(
+            Cidr::parse("10.0.0.0/8").map(|c| c.to_string()).as_deref(),
+            Ok("10.0.0.0/8")
+        );
+        assert!(Cidr::parse("192.0.2.7").is_ok_and(|c| c.0.prefix_len() == 32));
+        assert_eq!(
+            Cidr::parse("10.1.2.3/8").map(|c| c.to_string()).as_deref(),
+            Ok("10.0.0.0/8")
+        );
+        assert_eq!(
+            Cidr::parse("::1").map(|c| c.to_string()).as_deref(),
+            Ok("::1/128")
+        );
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nope").is_err());
+    }
+
+    #[test]
+    fn host_patterns() {
+        let p = HostPattern::parse("*.Example.com").expect("pattern");
+        assert!(p.matches("API.example.com"));
+        assert!(!p.matches("example.com"));
+        assert!(!p.matches("a.b.example.com"));
+        assert!(!p.matches("evilexample.com"));
+        assert_eq!(p.to_string(), "*.example.com");
+        for bad in ["*foo.com", "*.", "a.*.com", "", "a b", "x/y"] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad}");
+        }
+        assert!(HostPattern::parse("127.0.0.1").is_ok());
+        assert!(HostPattern::parse("::1").is_ok());
+    }
+
+    #[test]
+    fn hash_on_forms() {
+        assert_eq!(HashOn::parse("client_ip"), Ok(HashOn::ClientIp));
+        assert!(matches!(HashOn::parse("cookie:sid"), Ok(HashOn::Cookie(c)) if c == "sid"));
+        assert!(HashOn::parse("header:").is_err());
+        assert!(HashOn::parse("path").is_err());
+        assert_eq!(
+            HashOn::parse("header:X-User")
+                .map(|h| h.to_string())
+                .as_deref(),
+            Ok("header:x-user")
+        );
+    }
+
+    #[test]
+    fn rate_limit_keys() {
+        assert_eq!(RateLimitKey::parse("api_key"), Ok(RateLimitKey::ApiKey));
+        assert!(RateLimitKey::parse("header:x a").is_err());
+        assert!(RateLimitKey::parse("ip").is_err());
+    }
+}

@@ -1,7 +1,10 @@
 //! The admin listener (SPEC §5): its own Pingora service, apart from the public listeners.
 //!
-//! Every write goes through [`State::replace_file`]: the current file is read from disk,
-//! edited as raw YAML (placeholders stay placeholders), validated, written atomically with
+//! The key is checked on the request head: a caller without it gets 401 and a closed
+//! connection, and none of its body is read. Every write goes through
+//! [`State::replace_file`]: the current file is read from disk, edited as raw YAML
+//! (placeholders stay placeholders), validated, refused if it would shut the admin API's
+//! callers out (unless `?allow_admin_close=true`), held to `If-Match`, written atomically with
 //! the previous version kept in the history, and swapped in before the answer.
 
 mod auth;
@@ -94,29 +97,28 @@ pub struct Call {
 }
 
 impl Call {
-    /// The `If-Match` precondition, if the request has one.
-    fn if_match(&self) -> Result<Option<IfMatch>, String> {
+    /// The `If-Match` precondition, if the request has one: `*`, or the ETags listed (quoted
+    /// or not; a weak one is compared like a strong one, the ETag being a hash). A value that
+    /// names no ETag of ours simply matches no version of the file.
+    fn if_match(&self) -> Option<IfMatch> {
         let mut values = self
             .headers
             .get_all(http::header::IF_MATCH)
             .iter()
             .peekable();
-        if values.peek().is_none() {
-            return Ok(None);
-        }
-        let malformed = || "If-Match must be * or a list of quoted ETags".to_string();
+        values.peek()?;
         let mut tags = Vec::new();
         for v in values {
-            let v = v
-                .to_str()
-                .map_err(|_| malformed())?
-                .trim_matches([' ', '\t']);
-            if v == "*" {
-                return Ok(Some(IfMatch::Any));
+            for tag in String::from_utf8_lossy(v.as_bytes()).split(',') {
+                let tag = tag.trim_matches([' ', '\t']);
+                if tag == "*" {
+                    return Some(IfMatch::Any);
+                }
+                let tag = tag.strip_prefix("W/").unwrap_or(tag);
+                tags.push(tag.trim_matches('"').to_string());
             }
-            entity_tags(v, &mut tags).ok_or_else(malformed)?;
         }
-        Ok(Some(IfMatch::Tags(tags)))
+        Some(IfMatch::Tags(tags))
     }
 
     /// `?allow_admin_close=true`: the caller knows the change closes the admin API.
@@ -139,27 +141,6 @@ impl Call {
             };
         }
         Ok(allow)
-    }
-}
-
-/// Appends the entity tags of one `If-Match` value (`"a", W/"b"`) to `out`; `None` if the
-/// value is not such a list. A weak tag is compared like a strong one: the ETag is a hash.
-fn entity_tags(value: &str, out: &mut Vec<String>) -> Option<()> {
-    let ows = [' ', '\t'];
-    let mut rest = value;
-    loop {
-        let r = rest.strip_prefix("W/").unwrap_or(rest).strip_prefix('"')?;
-        let end = r.find('"')?;
-        let tag = &r[..end];
-        if !tag.bytes().all(|b| b == 0x21 || (0x23..=0x7e).contains(&b)) {
-            return None;
-        }
-        out.push(tag.to_string());
-        rest = r[end + 1..].trim_start_matches(ows);
-        if rest.is_empty() {
-            return Some(());
-        }
-        rest = rest.strip_prefix(',')?.trim_start_matches(ows);
     }
 }
 
@@ -384,10 +365,7 @@ impl Admin {
         call: &Call,
         edit: impl FnOnce(&str) -> Result<String, WriteError>,
     ) -> Reply {
-        let if_match = match call.if_match() {
-            Ok(m) => m,
-            Err(e) => return bad_request(e),
-        };
+        let if_match = call.if_match();
         let allow_close = match call.allow_admin_close() {
             Ok(a) => a,
             Err(e) => return bad_request(e),

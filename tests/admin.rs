@@ -249,8 +249,9 @@ async fn config_get_put_validate_reload_history_rollback() {
     assert_eq!(backend["address"], b.addr.to_string());
     assert_eq!(backend["healthy"], true);
     assert!(backend.get("inflight").is_some() && backend.get("consecutive_failures").is_some());
+    // The audit line is written by the log thread, a moment after the answer.
     assert!(
-        p.stdout().contains("\"kind\":\"audit\""),
+        p.stdout_shows("\"kind\":\"audit\"").await,
         "admin changes are audited"
     );
 }

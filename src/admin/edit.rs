@@ -4,7 +4,7 @@
 //! is in the history).
 
 use super::{json_reply, Reply};
-use crate::config::{self, check_host_port};
+use crate::config::{self, check_host_port, Loaded};
 use crate::runtime::{State, WriteError};
 use serde::Deserialize;
 use serde_json::json;
@@ -42,6 +42,32 @@ pub(super) fn validate(state: &State, body: &[u8]) -> Reply {
         }
         Err(e) => super::write_error(&WriteError::Invalid(e)),
     }
+}
+
+/// Why the `next` config would shut out the callers of the admin API that `running` serves,
+/// if it would: its key is gone (every call would be 401, with no way back but a hand edit of
+/// the file), or its address is no longer set (the listener would move to the default at the
+/// next restart). A deliberate change of key or address is not refused.
+pub(super) fn closes_admin(running: &Loaded, next: &Loaded) -> Option<String> {
+    let (was, now) = (&running.config.admin, &next.config.admin);
+    if was.api_key.is_some() && now.api_key.is_none() {
+        return Some(
+            "the new config has no admin.api_key: the admin API would answer 401 to every call \
+             until the file is edited by hand"
+                .into(),
+        );
+    }
+    let sets_listen = serde_yaml::from_str::<Value>(&next.raw)
+        .ok()
+        .is_some_and(|doc| doc.get("admin").and_then(|a| a.get("listen")).is_some());
+    if now.listen != was.listen && !sets_listen {
+        return Some(format!(
+            "the new config has no admin.listen: at the next restart the admin API would leave \
+             {} for the default {}",
+            was.listen, now.listen
+        ));
+    }
+    None
 }
 
 #[derive(Deserialize)]
@@ -164,7 +190,7 @@ mod tests {
     use super::*;
 
     const RAW: &str =
-        "pools:\n  p:\n    backends:\n      - {address: \"127.0.0.1:1\", api_key: \"${KEY}\"}\n";
+        "version: 1\npools:\n  p:\n    backends:\n      - {address: \"127.0.0.1:1\", api_key: \"${KEY}\"}\n";
 
     #[test]
     fn edits_keep_placeholders() {
@@ -175,6 +201,49 @@ mod tests {
         assert!(out.contains("drain: true"));
         let out = remove_backend(&out, "p", "127.0.0.1:2").unwrap();
         assert!(!out.contains("127.0.0.1:2"));
+    }
+
+    fn loaded(text: &str) -> Loaded {
+        config::parse(text, &|_| None, None).unwrap()
+    }
+
+    #[test]
+    fn a_config_without_admin_key_or_listen_closes_the_admin_api() {
+        let key = "k".repeat(32);
+        let running = loaded(&format!(
+            "version: 1\nadmin: {{listen: 127.0.0.1:7001, api_key: {key}}}\n"
+        ));
+        for (next, closes) in [
+            ("version: 1\n".to_string(), true),
+            ("version: 1\nadmin: {listen: 127.0.0.1:7001}\n".into(), true),
+            (format!("version: 1\nadmin: {{api_key: {key}}}\n"), true),
+            (
+                format!("version: 1\nadmin: {{listen: 127.0.0.1:7002, api_key: {key}}}\n"),
+                false,
+            ),
+            (
+                format!(
+                    "version: 1\nadmin: {{listen: 127.0.0.1:7001, api_key: {}}}\n",
+                    "n".repeat(32)
+                ),
+                false,
+            ),
+        ] {
+            assert_eq!(
+                closes_admin(&running, &loaded(&next)).is_some(),
+                closes,
+                "{next}"
+            );
+        }
+        // On the default address, leaving admin.listen out moves nothing.
+        let default = loaded(&format!("version: 1\nadmin: {{api_key: {key}}}\n"));
+        let next = loaded(&format!(
+            "version: 1\nadmin: {{api_key: {key}, history: 3}}\n"
+        ));
+        assert!(closes_admin(&default, &next).is_none());
+        // An API without a key is closed already: nothing more to lose.
+        let closed = loaded("version: 1\n");
+        assert!(closes_admin(&closed, &closed).is_none());
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! The admin listener (SPEC §5): its own Pingora service, apart from the public listeners.
 //!
-//! Every write goes through [`State::replace_file`]: the current file is read from disk,
-//! edited as raw YAML (placeholders stay placeholders), validated, written atomically with
+//! The key is checked on the request head: a caller without it gets 401 and a closed
+//! connection, and none of its body is read. Every write goes through
+//! [`State::replace_file`]: the current file is read from disk, edited as raw YAML
+//! (placeholders stay placeholders), validated, refused if it would shut the admin API's
+//! callers out (unless `?allow_admin_close=true`), held to `If-Match`, written atomically with
 //! the previous version kept in the history, and swapped in before the answer.
 
 mod auth;
 mod edit;
 mod status;
 
-use crate::runtime::{Source, State, WriteError};
+use crate::config::{Loaded, Problem};
+use crate::runtime::{IfMatch, Source, State, WriteError};
 use async_trait::async_trait;
 use bytes::Bytes;
+use percent_encoding::percent_decode_str;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
@@ -42,6 +47,26 @@ fn error(status: u16, message: impl std::fmt::Display) -> Reply {
     json_reply(status, json!({ "error": message.to_string() }))
 }
 
+/// A 400 has one shape whatever was wrong: the first problem's message and place on top, and
+/// every problem in `problems`.
+fn invalid(problems: &[Problem]) -> Reply {
+    let first = problems.first();
+    json_reply(
+        400,
+        json!({
+            "error": first.map(|p| p.message.clone()).unwrap_or_else(|| "invalid request".into()),
+            "path": first.map(|p| p.path.clone()),
+            "line": first.and_then(|p| p.line),
+            "column": first.and_then(|p| p.column),
+            "problems": problems,
+        }),
+    )
+}
+
+fn bad_request(message: impl Into<String>) -> Reply {
+    invalid(&[Problem::new("", message)])
+}
+
 fn with_etag(mut r: Reply, hash: &str) -> Reply {
     if let Ok(v) = http::HeaderValue::from_str(&format!("\"{hash}\"")) {
         r.headers_mut().insert(http::header::ETAG, v);
@@ -55,21 +80,8 @@ fn write_error(e: &WriteError) -> Reply {
         WriteError::Stale { current } => with_etag(error(412, e), current),
         WriteError::NotFound(_) => error(404, e),
         WriteError::Conflict(_) => error(409, e),
-        WriteError::BadRequest(_) => error(400, e),
-        WriteError::Invalid(c) => {
-            let problems = c.problems();
-            let first = problems.first();
-            json_reply(
-                400,
-                json!({
-                    "error": first.map(|p| p.message.clone()).unwrap_or_else(|| c.to_string()),
-                    "path": first.map(|p| p.path.clone()),
-                    "line": first.and_then(|p| p.line),
-                    "column": first.and_then(|p| p.column),
-                    "problems": problems,
-                }),
-            )
-        }
+        WriteError::BadRequest(m) => bad_request(m.clone()),
+        WriteError::Invalid(c) => invalid(&c.problems()),
         WriteError::Io(_) => error(500, e),
     }
 }
@@ -78,42 +90,71 @@ fn write_error(e: &WriteError) -> Reply {
 pub struct Call {
     pub method: http::Method,
     pub path: String,
+    pub query: Option<String>,
     pub headers: http::HeaderMap,
     pub body: Bytes,
     pub client: String,
 }
 
 impl Call {
-    /// The ETag from `If-Match`, without quotes; `*` means any.
-    fn if_match(&self) -> Option<String> {
-        let v = self
+    /// The `If-Match` precondition, if the request has one: `*`, or the ETags listed (quoted
+    /// or not; a weak one is compared like a strong one, the ETag being a hash). A value that
+    /// names no ETag of ours simply matches no version of the file.
+    fn if_match(&self) -> Option<IfMatch> {
+        let mut values = self
             .headers
-            .get(http::header::IF_MATCH)?
-            .to_str()
-            .ok()?
-            .trim();
-        let v = v.strip_prefix("W/").unwrap_or(v).trim_matches('"');
-        (v != "*").then(|| v.to_string())
+            .get_all(http::header::IF_MATCH)
+            .iter()
+            .peekable();
+        values.peek()?;
+        let mut tags = Vec::new();
+        for v in values {
+            for tag in String::from_utf8_lossy(v.as_bytes()).split(',') {
+                let tag = tag.trim_matches([' ', '\t']);
+                if tag == "*" {
+                    return Some(IfMatch::Any);
+                }
+                let tag = tag.strip_prefix("W/").unwrap_or(tag);
+                tags.push(tag.trim_matches('"').to_string());
+            }
+        }
+        Some(IfMatch::Tags(tags))
+    }
+
+    /// `?allow_admin_close=true`: the caller knows the change closes the admin API.
+    fn allow_admin_close(&self) -> Result<bool, String> {
+        let mut allow = false;
+        let pairs = self.query.as_deref().unwrap_or_default().split('&');
+        for pair in pairs.filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if percent_decode_str(k).decode_utf8_lossy() != "allow_admin_close" {
+                continue;
+            }
+            allow = match percent_decode_str(v).decode_utf8_lossy().as_ref() {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(format!(
+                        "allow_admin_close must be true or false, not {other:?}"
+                    ))
+                }
+            };
+        }
+        Ok(allow)
     }
 }
 
-async fn read_call(session: &mut ServerSession) -> Result<Call, Reply> {
-    let req = session.req_header();
-    let (method, path, headers) = (
-        req.method.clone(),
-        req.uri.path().to_string(),
-        req.headers.clone(),
-    );
-    let client = session
-        .client_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let declared = headers
+/// Reads the whole body of an authenticated request, at most `MAX_BODY` bytes.
+async fn read_body(session: &mut ServerSession) -> Result<Bytes, Reply> {
+    let declared = session
+        .req_header()
+        .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     let too_large = || error(413, format!("body over {MAX_BODY} bytes"));
     if declared.is_some_and(|n| n > MAX_BODY) {
         drain(session).await;
+        session.set_keepalive(None);
         return Err(too_large());
     }
     let mut body = bytes::BytesMut::new();
@@ -123,20 +164,18 @@ async fn read_call(session: &mut ServerSession) -> Result<Call, Reply> {
                 body.extend_from_slice(&chunk);
                 if body.len() > MAX_BODY {
                     drain(session).await;
+                    session.set_keepalive(None);
                     return Err(too_large());
                 }
             }
             Ok(None) => break,
-            Err(e) => return Err(error(400, format!("cannot read the body: {e}"))),
+            Err(e) => {
+                session.set_keepalive(None);
+                return Err(bad_request(format!("cannot read the body: {e}")));
+            }
         }
     }
-    Ok(Call {
-        method,
-        path,
-        headers,
-        body: body.freeze(),
-        client,
-    })
+    Ok(body.freeze())
 }
 
 /// Reads and drops a refused body (at most 4 × the limit, for at most 5 s), so that a client
@@ -152,42 +191,94 @@ async fn drain(session: &mut ServerSession) {
     }
 }
 
+fn unauthorized(closed: bool) -> Reply {
+    let why = if closed {
+        "the admin API is closed: set admin.api_key"
+    } else {
+        "missing or wrong admin key"
+    };
+    let mut r = error(401, why);
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
+/// The methods each admin resource answers (HEAD wherever GET), for `405` answers' `Allow`.
+fn allowed(segs: &[&str]) -> Option<&'static str> {
+    Some(match segs {
+        ["health" | "metrics" | "status"] | ["config", "history"] => "GET, HEAD",
+        ["config"] => "GET, HEAD, POST, PUT",
+        ["config", "validate" | "reload" | "rollback"] => "POST",
+        ["pools", _, "backends"] | ["pools", _, "backends", _, "drain"] => "POST",
+        ["pools", _, "backends", _] => "DELETE",
+        _ => return None,
+    })
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Reply {
-        let call = match read_call(session).await {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
-        self.route(call).await
-    }
-}
-
-impl Admin {
-    async fn route(&self, call: Call) -> Reply {
-        use http::Method;
+        let req = session.req_header();
+        let (method, path, query, headers) = (
+            req.method.clone(),
+            req.uri.path().to_string(),
+            req.uri.query().map(str::to_string),
+            req.headers.clone(),
+        );
+        let client = session
+            .client_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let snap = self.state.snapshot();
         let admin = &snap.loaded.config.admin;
-        let open = match call.path.as_str() {
+        let open = match path.as_str() {
             "/health" => true,
             "/metrics" => !admin.metrics_require_key,
             _ => false,
         };
-        let caller = auth::check(&call.headers, admin.api_key.as_deref());
-        if !open && caller.is_none() {
-            let why = if admin.api_key.is_none() {
-                "the admin API is closed: set admin.api_key"
-            } else {
-                "missing or wrong admin key"
-            };
-            let mut r = error(401, why);
-            r.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer"),
-            );
-            return r;
-        }
+        let caller = auth::check(&headers, admin.api_key.as_deref());
+        // The key is checked on the head alone. A refused request's body is neither read nor
+        // drained: the connection is closed after the answer, however much was announced.
+        // The open endpoints take no body either.
+        let body = if open || caller.is_none() {
+            if !session.is_body_empty() {
+                session.set_keepalive(None);
+            }
+            if !open {
+                session.set_keepalive(None);
+                return unauthorized(admin.api_key.is_none());
+            }
+            Bytes::new()
+        } else {
+            match read_body(session).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            }
+        };
+        drop(snap);
+        let call = Call {
+            method,
+            path,
+            query,
+            headers,
+            body,
+            client,
+        };
         let key_id = caller.map(|c| c.key_id).unwrap_or_default();
+        let mut reply = self.route(call, &key_id).await;
+        if session.req_header().method == http::Method::HEAD {
+            // The GET answer's headers (Content-Length included), without its body.
+            reply.body_mut().clear();
+        }
+        reply
+    }
+}
+
+impl Admin {
+    async fn route(&self, call: Call, key_id: &str) -> Reply {
+        use http::Method;
         let segments: Vec<String> = call
             .path
             .trim_matches('/')
@@ -199,24 +290,31 @@ impl Admin {
             })
             .collect();
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
-        let m = &call.method;
-        let is_write = *m != Method::GET && *m != Method::HEAD;
-        let reply = match (m.clone(), segs.as_slice()) {
+        let m = match &call.method {
+            &Method::HEAD => Method::GET,
+            other => other.clone(),
+        };
+        let is_write = m != Method::GET;
+        let reply = match (m, segs.as_slice()) {
             (Method::GET, ["health"]) => json_reply(
                 200,
-                json!({"status": "ok", "config_hash": snap.loaded.hash, "pid": std::process::id()}),
+                json!({
+                    "status": "ok",
+                    "config_hash": self.state.snapshot().loaded.hash,
+                    "pid": std::process::id(),
+                }),
             ),
             (Method::GET, ["metrics"]) => {
                 reply(200, "text/plain; version=0.0.4", crate::metrics::encode())
             }
             (Method::GET, ["status"]) => json_reply(200, status::status(&self.state)),
             (Method::GET, ["config"]) => self.get_config(),
+            (Method::GET, ["config", "history"]) => self.history(),
+            (Method::POST, ["config", "validate"]) => edit::validate(&self.state, &call.body),
+            (Method::POST, ["config", "reload"]) => self.reload().await,
             (Method::POST | Method::PUT, ["config"]) => {
                 self.write(&call, |_| edit::whole(&call.body)).await
             }
-            (Method::POST, ["config", "validate"]) => edit::validate(&self.state, &call.body),
-            (Method::POST, ["config", "reload"]) => self.reload().await,
-            (Method::GET, ["config", "history"]) => self.history(),
             (Method::POST, ["config", "rollback"]) => {
                 let text = edit::rollback_target(&self.state, &call.body);
                 self.write(&call, move |_| text).await
@@ -236,13 +334,18 @@ impl Admin {
                 self.write(&call, |raw| edit::drain_backend(raw, &pool, &addr))
                     .await
             }
-            (_, ["health" | "metrics" | "status" | "config"])
-            | (_, ["config", "validate" | "reload" | "history" | "rollback"])
-            | (_, ["pools", _, "backends", ..]) => error(405, "method not allowed"),
-            _ => error(404, "not found"),
+            (_, segs) => match allowed(segs) {
+                Some(methods) => {
+                    let mut r = error(405, "method not allowed");
+                    r.headers_mut()
+                        .insert(http::header::ALLOW, http::HeaderValue::from_static(methods));
+                    r
+                }
+                None => error(404, "not found"),
+            },
         };
         if is_write {
-            audit(&call, &key_id, &reply);
+            audit(&call, key_id, &reply);
         }
         reply
     }
@@ -263,9 +366,19 @@ impl Admin {
         edit: impl FnOnce(&str) -> Result<String, WriteError>,
     ) -> Reply {
         let if_match = call.if_match();
+        let allow_close = match call.allow_admin_close() {
+            Ok(a) => a,
+            Err(e) => return bad_request(e),
+        };
+        let check = |running: &Loaded, next: &Loaded| match edit::closes_admin(running, next) {
+            Some(why) if !allow_close => Err(WriteError::Conflict(format!(
+                "{why}; send the request again with ?allow_admin_close=true to do it anyway"
+            ))),
+            _ => Ok(()),
+        };
         match self
             .state
-            .replace_file(Source::Admin, if_match.as_deref(), edit)
+            .replace_file(Source::Admin, if_match.as_ref(), edit, check)
             .await
         {
             Ok(applied) => {

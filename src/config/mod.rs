@@ -137,9 +137,7 @@ pub fn parse(
     };
     let mut value: serde_yaml::Value =
         serde_yaml::from_str(raw).map_err(|e| ConfigError::Invalid(vec![yaml_problem(&e)]))?;
-    if value.is_null() {
-        value = serde_yaml::Value::Mapping(Default::default());
-    }
+    top_level(&value).map_err(|p| ConfigError::Invalid(vec![p]))?;
     if let Err(missing) = env::interpolate(&mut value, lookup) {
         let problems = missing
             .into_iter()
@@ -172,6 +170,33 @@ pub fn parse(
         raw: raw.to_string(),
         hash: hash_bytes(raw.as_bytes()),
     })
+}
+
+/// A config is a mapping that says which format it is written in. Anything else (an empty
+/// file, `null`, a list, a lone value, a mapping without `version`) is refused rather than read
+/// as "everything default": that would drop every listener, pool and route, and the admin key.
+fn top_level(value: &serde_yaml::Value) -> Result<(), Problem> {
+    use serde_yaml::Value;
+    const WANT: &str = "a config is a mapping that starts with `version: 1`";
+    let what = match value {
+        Value::Mapping(m) => {
+            return match m.get("version") {
+                Some(_) => Ok(()),
+                None => Err(Problem::new(
+                    "version",
+                    format!("missing: {WANT} (the format version)"),
+                )),
+            };
+        }
+        Value::Null => "empty (or null)",
+        Value::Sequence(_) => "a list",
+        Value::Bool(_) | Value::Number(_) | Value::String(_) => "a single value",
+        Value::Tagged(_) => "a tagged value",
+    };
+    let mut p = Problem::new("", format!("the document is {what}: {WANT}"));
+    p.line = Some(1);
+    p.column = Some(1);
+    Err(p)
 }
 
 fn yaml_problem(e: &serde_yaml::Error) -> Problem {
@@ -221,9 +246,38 @@ mod tests {
 
     #[test]
     fn missing_env_var_is_an_error() {
-        let err = parse("admin:\n  api_key: ${NOPE_KEY}\n", &no_env, None).unwrap_err();
+        let text = "version: 1\nadmin:\n  api_key: ${NOPE_KEY}\n";
+        let err = parse(text, &no_env, None).unwrap_err();
         let p = &err.problems()[0];
         assert_eq!(p.path, "admin.api_key");
-        assert_eq!(p.line, Some(2));
+        assert_eq!(p.line, Some(3));
+    }
+
+    #[test]
+    fn only_a_mapping_with_version_1_is_a_config() {
+        for (text, path, says) in [
+            ("", "", "empty"),
+            ("null\n", "", "empty"),
+            ("~\n", "", "empty"),
+            ("# only a comment\n", "", "empty"),
+            ("{}\n", "version", "missing"),
+            ("admin: {listen: 127.0.0.1:1}\n", "version", "missing"),
+            ("- version: 1\n", "", "a list"),
+            ("[]\n", "", "a list"),
+            ("1\n", "", "a single value"),
+            ("version\n", "", "a single value"),
+            ("!config {version: 1}\n", "", "a tagged value"),
+            ("version: 2\n", "version", "only version 1"),
+            ("version: null\n", "version", "invalid type"),
+            ("version: \"1\"\n", "version", "invalid type"),
+        ] {
+            let err = parse(text, &no_env, None).expect_err(text);
+            let p = &err.problems()[0];
+            assert_eq!(p.path, path, "{text:?}: {p:?}");
+            assert!(p.message.contains(says), "{text:?}: {p:?}");
+        }
+        let e = parse("[]\n", &no_env, None).unwrap_err();
+        assert!(e.to_string().contains("version: 1"), "{e}");
+        assert!(parse("version: 1\n", &no_env, None).is_ok());
     }
 }

@@ -13,7 +13,7 @@ pub type Unsupported = Option<serde_yaml::Value>;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    #[serde(default = "d::version")]
+    /// The format version; the file must say it (only 1 is known).
     pub version: u32,
     #[serde(default)]
     pub server: ServerSettings,
@@ -591,9 +591,6 @@ impl Default for AccessLogConfig {
 mod d {
     use super::{Dur, Size};
 
-    pub(super) fn version() -> u32 {
-        1
-    }
     pub(super) fn yes() -> bool {
         true
     }

@@ -18,26 +18,31 @@ pub(super) fn validate(c: &Config, base: Option<&Path>) -> Vec<Problem> {
 
 /// A backend address: `ip:port` or `host:port` (resolved at run time).
 pub fn check_host_port(text: &str) -> Result<(), String> {
-    if text.parse::<SocketAddr>().is_ok() {
-        return Ok(());
-    }
-    let bad = || format!("invalid address {text:?}; write ip:port or host:port");
+    let bad = || format!("invalid address {text:?}; write ip:port, [ipv6]:port or host:port");
     let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
-    port.parse::<u16>()
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(bad)?;
-    let host_ok = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .split('.')
-            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-    if host_ok {
+    // One spelling per port: digits only, no sign, no leading zero, 1 to 65535.
+    let port_ok = (1..=5).contains(&port.len())
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && !port.starts_with('0')
+        && port.parse::<u32>().is_ok_and(|p| p <= u32::from(u16::MAX));
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        // A DNS name (an IPv4 address is one too): labels of letters, digits and '-'.
+        None => host.split('.').all(|l| {
+            (1..=63).contains(&l.len()) && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        }),
+    };
+    // At most 255 characters in all, which keeps a name within DNS's 253.
+    if text.len() <= 255 && port_ok && host_ok {
         Ok(())
     } else {
         Err(bad())
     }
 }
+
+/// The largest backend weight. The balancers hold one slot per unit of weight (160 ring
+/// points each for consistent hashing), so an unbounded weight is an unbounded allocation.
+pub(super) const MAX_WEIGHT: usize = 256;
 
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
@@ -298,6 +303,11 @@ impl Validator {
                 self.err(
                     format!("{bp}.weight"),
                     "must be at least 1 (use drain: true to stop traffic)",
+                );
+            } else if b.weight > MAX_WEIGHT {
+                self.err(
+                    format!("{bp}.weight"),
+                    format!("must be at most {MAX_WEIGHT} (weights are relative: scale them down)"),
                 );
             }
             if b.max_inflight == Some(0) {
@@ -616,5 +626,30 @@ mod tests {
         assert!(check_host_port("gpu-7.internal").is_err());
         assert!(check_host_port("bad host:80").is_err());
         assert!(check_host_port("10.0.0.1:99999").is_err());
+        assert!(check_host_port("[2001:db8::1]:443").is_ok());
+        assert!(check_host_port("[::ffff:10.0.0.1]:65535").is_ok());
+        for bad in [
+            "",
+            ":80",
+            "a:",
+            "a:0",
+            "a:080",
+            "a:+80",
+            "10.0.0.1:0",
+            "10.0.0.1:65536",
+            "[::1]",
+            "[nope]:80",
+            "::1:80",
+            "a..b:80",
+            "a.:80",
+        ] {
+            assert!(check_host_port(bad).is_err(), "{bad:?}");
+        }
+        let label = "a".repeat(63);
+        assert!(check_host_port(&format!("{label}:1")).is_ok());
+        assert!(check_host_port(&format!("{label}a:1")).is_err());
+        let name = [label.as_str(); 4].join(".");
+        assert!(check_host_port(&format!("{}:1", &name[..253])).is_ok());
+        assert!(check_host_port(&format!("{}:12", &name[..253])).is_err());
     }
 }

@@ -94,6 +94,22 @@ pub enum WriteError {
     Io(#[from] std::io::Error),
 }
 
+/// An `If-Match` precondition: `*` (any version) or the ETags (sha256 hex) a caller accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IfMatch {
+    Any,
+    Tags(Vec<String>),
+}
+
+impl IfMatch {
+    pub fn matches(&self, hash: &str) -> bool {
+        match self {
+            IfMatch::Any => true,
+            IfMatch::Tags(tags) => tags.iter().any(|t| t == hash),
+        }
+    }
+}
+
 /// The result of an applied edit.
 #[derive(Debug, Serialize)]
 pub struct Applied {
@@ -168,28 +184,32 @@ impl State {
 
     /// Rewrites the file through `edit` (given the file's current text) and applies it.
     ///
-    /// Edits are serialized with reloads. `if_match` is the ETag (sha256) the caller last saw;
-    /// the file is read from disk, so a hand edit in between is detected, never overwritten.
-    /// The new text is validated before anything is written; the old one goes to the history.
+    /// Edits are serialized with reloads. The new text is validated, then `check` sees the
+    /// running config and the new one and may still refuse the change. Only a change that
+    /// would be made is held to `if_match`, the ETag (sha256) the caller last saw: the file is
+    /// read from disk, so a hand edit in between is detected, never overwritten. The old text
+    /// goes to the history before the new one is written.
     pub async fn replace_file(
         &self,
         source: Source,
-        if_match: Option<&str>,
+        if_match: Option<&IfMatch>,
         edit: impl FnOnce(&str) -> Result<String, WriteError>,
+        check: impl FnOnce(&Loaded, &Loaded) -> Result<(), WriteError>,
     ) -> Result<Applied, WriteError> {
         let _one_at_a_time = self.reloading.lock().await;
         let current = std::fs::read_to_string(&self.path)?;
         let old_hash = config::hash_bytes(current.as_bytes());
-        if if_match.is_some_and(|tag| tag != old_hash) {
-            return Err(WriteError::Stale { current: old_hash });
-        }
         let text = edit(&current)?;
         let loaded =
             config::parse(&text, &config::process_env, self.base()).map_err(WriteError::Invalid)?;
+        let old = self.snapshot();
+        check(&old.loaded, &loaded)?;
+        if if_match.is_some_and(|m| !m.matches(&old_hash)) {
+            return Err(WriteError::Stale { current: old_hash });
+        }
         let keep = loaded.config.admin.history.max(1);
         History::beside(&self.path, keep).save(&current)?;
         store::write_atomic(&self.path, text.as_bytes())?;
-        let old = self.snapshot();
         let changes = diff::summarize(&old.loaded.config, &loaded.config);
         let hash = loaded.hash.clone();
         self.swap_in(loaded, source).await;

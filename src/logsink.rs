@@ -74,6 +74,11 @@ static SINKS: [ArcSwapOption<Sink>; 2] =
     [ArcSwapOption::const_empty(), ArcSwapOption::const_empty()];
 static STARTING: Mutex<()> = Mutex::new(());
 
+/// The time of a log line: RFC 3339 in UTC, to the millisecond.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
 /// Queues `line` (ending in a newline) for `out`, or drops and counts it when the queue is
 /// full. Never blocks on the stream.
 pub fn write(out: Output, line: Vec<u8>) {

@@ -44,7 +44,8 @@ pub struct RunOptions {
 /// Loads the config, starts every service and never returns (Pingora owns the process).
 pub fn run(opts: RunOptions) -> Result<()> {
     let path = opts.config.clone();
-    let loaded = config::load_file(&path)
+    let files = |c: &Config| crate::tls::check_files(c, path.parent());
+    let loaded = config::load_file(&path, Some(&files))
         .map_err(|e| anyhow::anyhow!("{}", e.render(&path.display().to_string())))?;
     // Pingora leaves SIGHUP at its default, which ends the process; take it over before any
     // listener is up. The supervisor listens for it once it runs.

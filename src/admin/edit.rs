@@ -32,7 +32,11 @@ pub(super) fn validate(state: &State, body: &[u8]) -> Reply {
         Ok(t) => t,
         Err(e) => return super::write_error(&e),
     };
-    match config::parse(text, &config::process_env, state.path.parent()) {
+    match config::parse(
+        text,
+        &config::process_env,
+        Some(&|c| crate::tls::check_files(c, state.path.parent())),
+    ) {
         Ok(loaded) => {
             let changes = config::diff::summarize(&state.snapshot().loaded.config, &loaded.config);
             json_reply(

@@ -415,7 +415,7 @@ fn audit(call: &Call, key_id: &str, reply: &Reply) {
     let body: Value = serde_json::from_slice(reply.body()).unwrap_or(Value::Null);
     let line = json!({
         "kind": "audit",
-        "time": crate::proxy::access_log::now_rfc3339(),
+        "time": crate::logsink::now_rfc3339(),
         "client": call.client,
         "key": key_id,
         "method": call.method.as_str(),

@@ -15,7 +15,7 @@ pub mod values;
 pub use env::{process_env, substitute};
 pub use types::*;
 pub use validate::check_host_port;
-pub use values::{Cidr, HashOn, HostPattern, RateLimitKey};
+pub use values::{Cidr, HashOn, HostPattern, LogField, RateLimitKey};
 
 use locate::Positions;
 use serde::Serialize;
@@ -109,20 +109,24 @@ pub fn hash_bytes(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// A check of a parsed config that needs more than the config itself (files on disk, such
+/// as certificates); its problems are reported with validation's, placed the same way.
+pub type FileCheck<'a> = &'a dyn Fn(&Config) -> Vec<Problem>;
+
 /// Reads, parses and validates the file at `path` against the process environment.
-pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+pub fn load_file(path: &Path, files: Option<FileCheck<'_>>) -> Result<Loaded, ConfigError> {
     let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    parse(&raw, &process_env, path.parent())
+    parse(&raw, &process_env, files)
 }
 
-/// Parses and validates `raw`. Relative file names (TLS certificates) are taken from `base`.
+/// Parses and validates `raw`, with `files` checking what it names on disk.
 pub fn parse(
     raw: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
-    base: Option<&Path>,
+    files: Option<FileCheck<'_>>,
 ) -> Result<Loaded, ConfigError> {
     // Only a file with problems needs its positions: a second parse of a large file is slow.
     let positions = std::cell::OnceCell::new();
@@ -159,7 +163,10 @@ pub fn parse(
         let message = e.inner().to_string();
         ConfigError::Invalid(vec![locate(Problem::new(path, message))])
     })?;
-    let problems = validate::validate(&config, base);
+    let mut problems = validate::validate(&config);
+    if let Some(check) = files {
+        problems.extend(check(&config));
+    }
     if !problems.is_empty() {
         return Err(ConfigError::Invalid(
             problems.into_iter().map(locate).collect(),

@@ -4,7 +4,7 @@
 //! recognised, and `validate` rejects them with "not supported yet" instead of ignoring them.
 
 use super::units::{Dur, Size};
-use super::values::{HashOn, HostPattern, RateLimitKey};
+use super::values::{HashOn, HostPattern, LogField, RateLimitKey};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -574,7 +574,7 @@ pub struct AccessLogConfig {
     pub format: String,
     /// Only these fields in each line (empty = all of them).
     #[serde(default)]
-    pub fields: Vec<String>,
+    pub fields: Vec<LogField>,
 }
 
 impl Default for AccessLogConfig {

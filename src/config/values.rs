@@ -208,6 +208,54 @@ impl fmt::Display for RateLimitKey {
 
 text_value!(RateLimitKey);
 
+/// A field of the access log's JSON line, for `edge.access_log.fields`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogField {
+    Time,
+    RequestId,
+    Listener,
+    ClientIp,
+    Method,
+    Host,
+    Path,
+    Route,
+    Pool,
+    Backend,
+    Status,
+    BytesIn,
+    BytesOut,
+    DurationMs,
+    UpstreamMs,
+    Tries,
+    Error,
+}
+
+impl LogField {
+    /// The key of the field in the JSON line.
+    pub fn key(self) -> &'static str {
+        match self {
+            LogField::Time => "time",
+            LogField::RequestId => "request_id",
+            LogField::Listener => "listener",
+            LogField::ClientIp => "client_ip",
+            LogField::Method => "method",
+            LogField::Host => "host",
+            LogField::Path => "path",
+            LogField::Route => "route",
+            LogField::Pool => "pool",
+            LogField::Backend => "backend",
+            LogField::Status => "status",
+            LogField::BytesIn => "bytes_in",
+            LogField::BytesOut => "bytes_out",
+            LogField::DurationMs => "duration_ms",
+            LogField::UpstreamMs => "upstream_ms",
+            LogField::Tries => "tries",
+            LogField::Error => "error",
+        }
+    }
+}
+
 fn header_name(name: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))
 }

@@ -1,6 +1,7 @@
 //! One JSON line per request on stdout (journald under systemd), written by the log
 //! writer thread so that a slow reader never holds up a request.
 
+use crate::config::LogField;
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -25,35 +26,14 @@ pub struct Line<'a> {
     pub error: Option<String>,
 }
 
-/// Every field a line can carry, for `edge.access_log.fields`.
-pub const FIELDS: &[&str] = &[
-    "time",
-    "request_id",
-    "listener",
-    "client_ip",
-    "method",
-    "host",
-    "path",
-    "route",
-    "pool",
-    "backend",
-    "status",
-    "bytes_in",
-    "bytes_out",
-    "duration_ms",
-    "upstream_ms",
-    "tries",
-    "error",
-];
-
 /// Queues `line` for stdout, with only `fields` when that list is not empty.
-pub fn write(line: &Line<'_>, fields: &[String]) {
+pub fn write(line: &Line<'_>, fields: &[LogField]) {
     let encoded = if fields.is_empty() {
         serde_json::to_vec(line)
     } else {
         serde_json::to_value(line).and_then(|mut v| {
             if let Some(map) = v.as_object_mut() {
-                map.retain(|k, _| fields.iter().any(|f| f == k));
+                map.retain(|k, _| fields.iter().any(|f| f.key() == k));
             }
             serde_json::to_vec(&v)
         })
@@ -63,8 +43,4 @@ pub fn write(line: &Line<'_>, fields: &[String]) {
     };
     text.push(b'\n');
     crate::logsink::write(crate::logsink::Output::Stdout, text);
-}
-
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }

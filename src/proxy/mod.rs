@@ -319,7 +319,7 @@ impl ProxyHttp for Edge {
         }
         let req = session.req_header();
         let line = access_log::Line {
-            time: access_log::now_rfc3339(),
+            time: crate::logsink::now_rfc3339(),
             request_id: &ctx.client.request_id,
             listener: &self.listener.name,
             client_ip: ctx.client.ip.map(|ip| ip.to_string()),

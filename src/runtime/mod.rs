@@ -167,7 +167,10 @@ impl State {
     /// Re-reads the file and applies it. With `only_if_changed`, an unchanged file is a no-op.
     pub async fn reload(&self, source: Source, only_if_changed: bool) -> Result<bool, ConfigError> {
         let _one_at_a_time = self.reloading.lock().await;
-        let parsed = config::load_file(&self.path);
+        let parsed = config::load_file(
+            &self.path,
+            Some(&|c| crate::tls::check_files(c, self.base())),
+        );
         let loaded = match parsed {
             Ok(l) => l,
             Err(e) => {
@@ -200,8 +203,12 @@ impl State {
         let current = std::fs::read_to_string(&self.path)?;
         let old_hash = config::hash_bytes(current.as_bytes());
         let text = edit(&current)?;
-        let loaded =
-            config::parse(&text, &config::process_env, self.base()).map_err(WriteError::Invalid)?;
+        let loaded = config::parse(
+            &text,
+            &config::process_env,
+            Some(&|c| crate::tls::check_files(c, self.base())),
+        )
+        .map_err(WriteError::Invalid)?;
         let old = self.snapshot();
         check(&old.loaded, &loaded)?;
         if if_match.is_some_and(|m| !m.matches(&old_hash)) {

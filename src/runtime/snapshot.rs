@@ -4,7 +4,7 @@
 use super::pool::Pool;
 use super::router::{Route, Router};
 use crate::config::values::nets;
-use crate::config::{EscapedSlashes, Loaded, MinBodyRate};
+use crate::config::{EscapedSlashes, Loaded, LogField, MinBodyRate};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ pub struct EdgePolicy {
     pub deny: Vec<IpNet>,
     pub security_headers: bool,
     pub access_log: bool,
-    pub access_log_fields: Vec<String>,
+    pub access_log_fields: Vec<LogField>,
     pub keepalive_timeout: Duration,
     pub header_timeout: Duration,
     pub body_timeout: Duration,

@@ -13,12 +13,30 @@ mod backend;
 
 pub use backend::{listener_settings, load_pair, CertStore, Entry};
 
-use crate::config::ListenerTls;
+use crate::config::{Config, ListenerTls, Problem};
 use arc_swap::ArcSwap;
 use std::path::Path;
 use std::sync::Arc;
 
 /// What a TLS backend's certificate type offers the store.
+/// Every listener certificate of `config` that cannot be loaded (unreadable, not PEM, key not
+/// matching), as a config problem with its place; relative file names are taken from `base`,
+/// the config file's folder. Part of checking a config, since the store is built from them.
+pub fn check_files(config: &Config, base: Option<&Path>) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let Some(tls) = &l.tls else { continue };
+        for (j, pair) in tls.certificates.iter().enumerate() {
+            let at = |f: &str| base.map_or_else(|| Path::new(f).to_path_buf(), |b| b.join(f));
+            if let Err(e) = load_pair(&at(&pair.cert), &at(&pair.key)) {
+                let path = format!("listeners[{i}].tls.certificates[{j}]");
+                problems.push(Problem::new(path, e.to_string()));
+            }
+        }
+    }
+    problems
+}
+
 pub trait Certificate: Clone + Send + Sync + 'static {
     fn load(cert: &Path, key: &Path) -> Result<Self, TlsError>;
     fn self_signed(names: &[String]) -> Result<Self, TlsError>;

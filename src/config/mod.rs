@@ -4,15 +4,19 @@
 //! and, where the parser kept it, line and column.
 
 pub mod diff;
+mod edge;
 mod env;
 mod locate;
+mod route;
 pub mod store;
 mod types;
 pub mod units;
 mod validate;
 pub mod values;
 
+pub use edge::*;
 pub use env::{process_env, substitute};
+pub use route::*;
 pub use types::*;
 pub use validate::check_host_port;
 pub use values::{Cidr, HashOn, HostPattern, LogField, RateLimitKey};

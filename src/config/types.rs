@@ -3,8 +3,10 @@
 //! Keys of features that are not built yet are typed as raw YAML values so that they are
 //! recognised, and `validate` rejects them with "not supported yet" instead of ignoring them.
 
+use super::edge::EdgeConfig;
+use super::route::{RetryOn, RouteConfig};
 use super::units::{Dur, Size};
-use super::values::{HashOn, HostPattern, LogField, RateLimitKey};
+use super::values::HashOn;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -316,390 +318,119 @@ pub struct PassiveHealth {
     pub eject_for: Dur,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    pub name: String,
-    #[serde(default, rename = "match")]
-    pub matcher: RouteMatch,
-    #[serde(default)]
-    pub pool: Option<String>,
-    #[serde(default)]
-    pub respond: Option<Respond>,
-    /// Model-aware routing, `/v1/models`, OpenAI-shaped errors and token metrics.
-    #[serde(default)]
-    pub openai: bool,
-    #[serde(default)]
-    pub auth: Option<AuthConfig>,
-    #[serde(default)]
-    pub rate_limit: Option<RateLimitConfig>,
-    #[serde(default = "d::max_body")]
-    pub max_body: Size,
-    #[serde(default = "d::retries")]
-    pub retries: u32,
-    #[serde(default = "d::retry_on")]
-    pub retry_on: Vec<RetryOn>,
-    #[serde(default)]
-    pub allow: Vec<String>,
-    #[serde(default)]
-    pub deny: Vec<String>,
-    #[serde(default)]
-    pub timeouts: RouteTimeouts,
-    #[serde(default)]
-    pub strip_prefix: Option<String>,
-    #[serde(default)]
-    pub request_headers: HeaderOps,
-    #[serde(default)]
-    pub response_headers: HeaderOps,
-    #[serde(default)]
-    pub cors: Option<CorsConfig>,
-    /// Per-route override of `edge.security_headers`.
-    #[serde(default)]
-    pub security_headers: Option<bool>,
-}
-
-/// `requests` per `per` (a fixed window), counted per `key`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitConfig {
-    pub requests: u64,
-    pub per: Dur,
-    /// `client_ip | api_key | header:NAME`.
-    #[serde(default)]
-    pub key: RateLimitKey,
-    /// Extra requests allowed in a window on top of `requests`.
-    #[serde(default)]
-    pub burst: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CorsConfig {
-    /// Exact origins (`https://app.example.com`) or `*`.
-    pub allow_origins: Vec<String>,
-    #[serde(default = "d::cors_methods")]
-    pub allow_methods: Vec<String>,
-    /// Request headers a page may send; empty = whatever the preflight asks for.
-    #[serde(default)]
-    pub allow_headers: Vec<String>,
-    #[serde(default)]
-    pub expose_headers: Vec<String>,
-    #[serde(default)]
-    pub allow_credentials: bool,
-    #[serde(default)]
-    pub max_age: Option<Dur>,
-}
-
-/// `connect_error` or a backend status (`502`) worth another backend.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum RetryOn {
-    Status(u16),
-    Condition(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    #[serde(default)]
-    pub api_keys: Vec<ApiKey>,
-}
-
-/// A client key: plain, `${VAR}` or `sha256:<hex>`, optionally named and limited to models.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum ApiKey {
-    Plain(String),
-    Scoped(ScopedKey),
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScopedKey {
-    pub key: String,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub models: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RouteMatch {
-    #[serde(default)]
-    pub host: Vec<HostPattern>,
-    #[serde(default)]
-    pub path_prefix: Option<String>,
-    #[serde(default)]
-    pub methods: Vec<String>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    #[serde(default)]
-    pub query: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Respond {
-    #[serde(default = "d::respond_status")]
-    pub status: u16,
-    #[serde(default)]
-    pub body: String,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RouteTimeouts {
-    /// Overrides the pool's read timeout (gap between upstream reads).
-    #[serde(default)]
-    pub read: Option<Dur>,
-    /// Deadline for the whole request, from the first byte of its head to the last of the answer.
-    #[serde(default)]
-    pub total: Option<Dur>,
-    /// How long an upgraded (WebSocket) connection may stay silent.
-    #[serde(default = "d::websocket_idle_opt")]
-    pub websocket_idle: Option<Dur>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderOps {
-    #[serde(default)]
-    pub set: BTreeMap<String, String>,
-    #[serde(default)]
-    pub remove: Vec<String>,
-}
-
-impl RouteConfig {
-    /// Whether `retry_on` says something other than its default.
-    pub fn retry_on_set(&self) -> bool {
-        self.retry_on != d::retry_on()
-    }
-}
-
-impl HeaderOps {
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.remove.is_empty()
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EdgeConfig {
-    #[serde(default)]
-    pub trusted_proxies: Vec<String>,
-    #[serde(default)]
-    pub allow: Vec<String>,
-    #[serde(default)]
-    pub deny: Vec<String>,
-    #[serde(default = "d::yes")]
-    pub security_headers: bool,
-    #[serde(default)]
-    pub access_log: AccessLogConfig,
-    /// A client must send its whole request head within this (slowloris).
-    #[serde(default = "d::header_timeout")]
-    pub header_timeout: Dur,
-    #[serde(default = "d::keepalive_timeout")]
-    pub keepalive_timeout: Dur,
-    /// A request body must arrive whole within this, counted from the end of its head.
-    #[serde(default = "d::body_timeout")]
-    pub body_timeout: Dur,
-    /// Repeated slashes in a path are merged into one before routing.
-    #[serde(default = "d::yes")]
-    pub merge_slashes: bool,
-    /// `%2F`, `%5C` and a raw `\` in a path: refused (400) or kept as they are.
-    #[serde(default)]
-    pub escaped_slashes: EscapedSlashes,
-    /// A request body slower than this, after its grace period, is answered 408.
-    #[serde(default)]
-    pub min_body_rate: MinBodyRate,
-}
-
-/// What an encoded slash or backslash in a request path gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EscapedSlashes {
-    #[default]
-    Reject,
-    Keep,
-}
-
-/// The least rate a request body may arrive at once its grace period is over (Kestrel's
-/// `MinRequestBodyDataRate`): a trickle is cut, a slow real upload survives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct MinBodyRate {
-    /// 0 turns the check off.
-    #[serde(default = "d::min_body_bytes_per_second")]
-    pub bytes_per_second: u64,
-    #[serde(default = "d::min_body_grace")]
-    pub grace: Dur,
-}
-
-impl Default for MinBodyRate {
-    fn default() -> Self {
-        MinBodyRate {
-            bytes_per_second: d::min_body_bytes_per_second(),
-            grace: d::min_body_grace(),
-        }
-    }
-}
-
-impl Default for EdgeConfig {
-    fn default() -> Self {
-        EdgeConfig {
-            trusted_proxies: Vec::new(),
-            allow: Vec::new(),
-            deny: Vec::new(),
-            security_headers: true,
-            access_log: AccessLogConfig::default(),
-            header_timeout: d::header_timeout(),
-            keepalive_timeout: d::keepalive_timeout(),
-            body_timeout: d::body_timeout(),
-            merge_slashes: true,
-            escaped_slashes: EscapedSlashes::default(),
-            min_body_rate: MinBodyRate::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AccessLogConfig {
-    #[serde(default = "d::yes")]
-    pub enabled: bool,
-    #[serde(default = "d::log_format")]
-    pub format: String,
-    /// Only these fields in each line (empty = all of them).
-    #[serde(default)]
-    pub fields: Vec<LogField>,
-}
-
-impl Default for AccessLogConfig {
-    fn default() -> Self {
-        AccessLogConfig {
-            enabled: true,
-            format: d::log_format(),
-            fields: Vec::new(),
-        }
-    }
-}
-
 /// Default values, one function each because serde's `default =` takes a path.
-mod d {
+pub(in crate::config) mod d {
     use super::{Dur, Size};
 
-    pub(super) fn yes() -> bool {
+    pub(in crate::config) fn yes() -> bool {
         true
     }
-    pub(super) fn threads() -> usize {
+    pub(in crate::config) fn threads() -> usize {
         2
     }
-    pub(super) fn pid_file() -> String {
+    pub(in crate::config) fn pid_file() -> String {
         "/tmp/switchyard.pid".into()
     }
-    pub(super) fn upgrade_sock() -> String {
+    pub(in crate::config) fn upgrade_sock() -> String {
         "/tmp/switchyard_upgrade.sock".into()
     }
-    pub(super) fn grace_period() -> u64 {
+    pub(in crate::config) fn grace_period() -> u64 {
         10
     }
-    pub(super) fn graceful_shutdown_timeout() -> u64 {
+    pub(in crate::config) fn graceful_shutdown_timeout() -> u64 {
         5
     }
-    pub(super) fn keepalive_pool() -> usize {
+    pub(in crate::config) fn keepalive_pool() -> usize {
         128
     }
-    pub(super) fn admin_listen() -> String {
+    pub(in crate::config) fn admin_listen() -> String {
         "127.0.0.1:9901".into()
     }
-    pub(super) fn history() -> usize {
+    pub(in crate::config) fn history() -> usize {
         20
     }
-    pub(super) fn min_tls() -> String {
+    pub(in crate::config) fn min_tls() -> String {
         "1.2".into()
     }
-    pub(super) fn health_path() -> String {
+    pub(in crate::config) fn health_path() -> String {
         "/health".into()
     }
-    pub(super) fn expect() -> Vec<u16> {
+    pub(in crate::config) fn expect() -> Vec<u16> {
         vec![200]
     }
-    pub(super) fn check_interval() -> Dur {
+    pub(in crate::config) fn check_interval() -> Dur {
         Dur::secs(5)
     }
-    pub(super) fn check_timeout() -> Dur {
+    pub(in crate::config) fn check_timeout() -> Dur {
         Dur::secs(2)
     }
-    pub(super) fn healthy_after() -> usize {
+    pub(in crate::config) fn healthy_after() -> usize {
         2
     }
-    pub(super) fn unhealthy_after() -> usize {
+    pub(in crate::config) fn unhealthy_after() -> usize {
         3
     }
-    pub(super) fn connect() -> Dur {
+    pub(in crate::config) fn connect() -> Dur {
         Dur::secs(2)
     }
-    pub(super) fn read() -> Dur {
+    pub(in crate::config) fn read() -> Dur {
         Dur::secs(60)
     }
-    pub(super) fn write() -> Dur {
+    pub(in crate::config) fn write() -> Dur {
         Dur::secs(60)
     }
-    pub(super) fn idle() -> Dur {
+    pub(in crate::config) fn idle() -> Dur {
         Dur::secs(90)
     }
-    pub(super) fn dns_refresh() -> Dur {
+    pub(in crate::config) fn dns_refresh() -> Dur {
         Dur::secs(30)
     }
-    pub(super) fn weight() -> usize {
+    pub(in crate::config) fn weight() -> usize {
         1
     }
-    pub(super) fn max_body() -> Size {
+    pub(in crate::config) fn max_body() -> Size {
         Size(1 << 20)
     }
-    pub(super) fn retries() -> u32 {
+    pub(in crate::config) fn retries() -> u32 {
         2
     }
-    pub(super) fn retry_on() -> Vec<super::RetryOn> {
+    pub(in crate::config) fn retry_on() -> Vec<super::RetryOn> {
         vec![super::RetryOn::Condition("connect_error".into())]
     }
-    pub(super) fn cors_methods() -> Vec<String> {
+    pub(in crate::config) fn cors_methods() -> Vec<String> {
         ["GET", "HEAD", "POST"]
             .iter()
             .map(|m| m.to_string())
             .collect()
     }
-    pub(super) fn passive_failures() -> u32 {
+    pub(in crate::config) fn passive_failures() -> u32 {
         5
     }
-    pub(super) fn eject_for() -> Dur {
+    pub(in crate::config) fn eject_for() -> Dur {
         Dur::secs(30)
     }
-    pub(super) fn respond_status() -> u16 {
+    pub(in crate::config) fn respond_status() -> u16 {
         200
     }
-    pub(super) fn websocket_idle_opt() -> Option<Dur> {
+    pub(in crate::config) fn websocket_idle_opt() -> Option<Dur> {
         Some(Dur::secs(3600))
     }
-    pub(super) fn header_timeout() -> Dur {
+    pub(in crate::config) fn header_timeout() -> Dur {
         Dur::secs(10)
     }
-    pub(super) fn body_timeout() -> Dur {
+    pub(in crate::config) fn body_timeout() -> Dur {
         Dur::secs(60)
     }
-    pub(super) fn keepalive_timeout() -> Dur {
+    pub(in crate::config) fn keepalive_timeout() -> Dur {
         Dur::secs(60)
     }
-    pub(super) fn min_body_bytes_per_second() -> u64 {
+    pub(in crate::config) fn min_body_bytes_per_second() -> u64 {
         240
     }
-    pub(super) fn min_body_grace() -> Dur {
+    pub(in crate::config) fn min_body_grace() -> Dur {
         Dur::secs(5)
     }
-    pub(super) fn log_format() -> String {
+    pub(in crate::config) fn log_format() -> String {
         "json".into()
     }
 }

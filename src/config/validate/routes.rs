@@ -1,0 +1,240 @@
+//! The rules for `routes:`: names, targets, matchers and the policies of each route.
+
+use super::{Validator, METHODS};
+use crate::config::types::*;
+use crate::config::values::RateLimitKey;
+use crate::config::{
+    ApiKey, AuthConfig, CorsConfig, RateLimitConfig, RetryOn, RouteConfig, RouteMatch,
+};
+use std::collections::HashSet;
+
+impl Validator {
+    pub(super) fn routes(&mut self, c: &Config) {
+        let mut names = HashSet::new();
+        for (i, r) in c.routes.iter().enumerate() {
+            let p = format!("routes[{i}]");
+            if r.name.is_empty() {
+                self.err(format!("{p}.name"), "must not be empty");
+            } else if !names.insert(r.name.as_str()) {
+                self.err(
+                    format!("{p}.name"),
+                    format!("duplicate route name {:?}", r.name),
+                );
+            }
+            match (&r.pool, &r.respond) {
+                (Some(_), Some(_)) => self.err(&p, "give either pool or respond, not both"),
+                (None, None) => self.err(&p, "give a pool to forward to or a respond answer"),
+                (Some(pool), None) => match c.pools.get(pool) {
+                    None => self.err(format!("{p}.pool"), format!("no pool named {pool:?}")),
+                    Some(pc) if pc.backends.is_empty() => self.err(
+                        format!("{p}.pool"),
+                        format!("pool {pool:?} has no backends"),
+                    ),
+                    Some(_) => {}
+                },
+                (None, Some(resp)) => {
+                    if !(100..=599).contains(&resp.status) {
+                        self.err(format!("{p}.respond.status"), "not an HTTP status");
+                    }
+                    self.header_map(&format!("{p}.respond.headers"), &resp.headers);
+                }
+            }
+            self.route_match(&format!("{p}.match"), &r.matcher);
+            if let Some(auth) = &r.auth {
+                self.auth(&format!("{p}.auth"), auth);
+            }
+            if let Some(rl) = &r.rate_limit {
+                self.rate_limit(&format!("{p}.rate_limit"), rl);
+                if rl.key == RateLimitKey::ApiKey && r.auth.is_none() {
+                    self.err(
+                        format!("{p}.rate_limit.key"),
+                        "api_key counts the keys that pass the route's auth: add auth, or count by client_ip",
+                    );
+                }
+            }
+            if r.respond.is_some() {
+                self.respond_only(&p, r);
+            }
+            if let Some(cors) = &r.cors {
+                self.cors(&format!("{p}.cors"), cors);
+            }
+            for (j, what) in r.retry_on.iter().enumerate() {
+                match what {
+                    RetryOn::Condition(c) if c == "connect_error" => {}
+                    RetryOn::Status(s) if (500..=599).contains(s) => {}
+                    RetryOn::Status(s) => self.err(
+                        format!("{p}.retry_on[{j}]"),
+                        format!("{s}: only 5xx statuses are retried"),
+                    ),
+                    RetryOn::Condition(c) => self.err(
+                        format!("{p}.retry_on[{j}]"),
+                        format!("unknown retry condition {c:?}; use connect_error or a 5xx status"),
+                    ),
+                }
+            }
+            self.cidrs(&format!("{p}.allow"), &r.allow);
+            self.cidrs(&format!("{p}.deny"), &r.deny);
+            if let Some(s) = &r.strip_prefix {
+                if !s.starts_with('/') {
+                    self.err(format!("{p}.strip_prefix"), "must start with /");
+                }
+            }
+            if r.max_body.0 == 0 {
+                self.err(format!("{p}.max_body"), "must be more than 0");
+            }
+            if r.timeouts.read.is_some_and(|d| d.get().is_zero()) {
+                self.err(format!("{p}.timeouts.read"), "must be more than 0");
+            }
+            if r.timeouts.total.is_some_and(|d| d.get().is_zero()) {
+                self.err(format!("{p}.timeouts.total"), "must be more than 0");
+            }
+            self.header_map(&format!("{p}.request_headers.set"), &r.request_headers.set);
+            self.header_names(
+                &format!("{p}.request_headers.remove"),
+                &r.request_headers.remove,
+            );
+            self.header_map(
+                &format!("{p}.response_headers.set"),
+                &r.response_headers.set,
+            );
+            self.header_names(
+                &format!("{p}.response_headers.remove"),
+                &r.response_headers.remove,
+            );
+        }
+    }
+
+    /// A `respond` route answers by itself: options about a backend would be accepted and do
+    /// nothing, so they are refused.
+    fn respond_only(&mut self, p: &str, r: &RouteConfig) {
+        let ignored = [
+            ("openai", r.openai),
+            ("retry_on", r.retry_on_set()),
+            ("strip_prefix", r.strip_prefix.is_some()),
+            ("request_headers", !r.request_headers.is_empty()),
+            ("timeouts.read", r.timeouts.read.is_some()),
+            ("timeouts.total", r.timeouts.total.is_some()),
+            (
+                "timeouts.websocket_idle",
+                r.timeouts.websocket_idle.is_some(),
+            ),
+        ];
+        for (key, set) in ignored {
+            if set {
+                self.err(
+                    format!("{p}.{key}"),
+                    "has no effect on a respond route (nothing is sent to a backend)",
+                );
+            }
+        }
+    }
+
+    fn rate_limit(&mut self, p: &str, rl: &RateLimitConfig) {
+        if rl.requests == 0 {
+            self.err(format!("{p}.requests"), "must be at least 1");
+        }
+        if rl.per.get() < std::time::Duration::from_secs(1) {
+            self.err(format!("{p}.per"), "must be at least 1s");
+        }
+    }
+
+    fn cors(&mut self, p: &str, cors: &CorsConfig) {
+        if cors.allow_origins.is_empty() {
+            self.err(
+                format!("{p}.allow_origins"),
+                "list at least one origin (or *)",
+            );
+        }
+        for (i, o) in cors.allow_origins.iter().enumerate() {
+            let ok = o == "*"
+                || ((o.starts_with("https://") || o.starts_with("http://")) && !o.ends_with('/'));
+            if !ok {
+                self.err(
+                    format!("{p}.allow_origins[{i}]"),
+                    "write scheme://host[:port] (no path) or *",
+                );
+            }
+        }
+        if cors.allow_credentials && cors.allow_origins.iter().any(|o| o == "*") {
+            self.err(
+                format!("{p}.allow_credentials"),
+                "browsers refuse credentials with origin *",
+            );
+        }
+        for (i, m) in cors.allow_methods.iter().enumerate() {
+            if !METHODS.contains(&m.to_ascii_uppercase().as_str()) {
+                self.err(
+                    format!("{p}.allow_methods[{i}]"),
+                    format!("unknown method {m:?}"),
+                );
+            }
+        }
+        self.header_names(&format!("{p}.allow_headers"), &cors.allow_headers);
+        self.header_names(&format!("{p}.expose_headers"), &cors.expose_headers);
+    }
+
+    fn auth(&mut self, p: &str, auth: &AuthConfig) {
+        if auth.api_keys.is_empty() {
+            self.err(
+                format!("{p}.api_keys"),
+                "list at least one key (or remove auth)",
+            );
+        }
+        for (i, k) in auth.api_keys.iter().enumerate() {
+            let key = match k {
+                ApiKey::Plain(k) => k,
+                ApiKey::Scoped(s) => &s.key,
+            };
+            if let Some(hex) = key.strip_prefix("sha256:") {
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    self.err(
+                        format!("{p}.api_keys[{i}]"),
+                        "sha256: must be followed by 64 hex digits",
+                    );
+                }
+            } else if key.chars().count() < 16 {
+                self.err(
+                    format!("{p}.api_keys[{i}]"),
+                    "too short: use at least 16 characters (or sha256:<hex> of a key)",
+                );
+            }
+        }
+    }
+
+    fn route_match(&mut self, p: &str, m: &RouteMatch) {
+        if let Some(prefix) = &m.path_prefix {
+            if !prefix.starts_with('/') {
+                self.err(format!("{p}.path_prefix"), "must start with /");
+            }
+        }
+        for (i, method) in m.methods.iter().enumerate() {
+            if !METHODS.contains(&method.to_ascii_uppercase().as_str()) {
+                self.err(
+                    format!("{p}.methods[{i}]"),
+                    format!("unknown method {method:?}"),
+                );
+            }
+        }
+        let names: Vec<String> = m.headers.keys().cloned().collect();
+        self.header_names(&format!("{p}.headers"), &names);
+    }
+
+    fn header_names(&mut self, p: &str, names: &[String]) {
+        for (i, n) in names.iter().enumerate() {
+            if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
+                self.err(format!("{p}[{i}]"), format!("invalid header name {n:?}"));
+            }
+        }
+    }
+
+    fn header_map(&mut self, p: &str, map: &std::collections::BTreeMap<String, String>) {
+        for (n, v) in map {
+            if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
+                self.err(format!("{p}.{n}"), format!("invalid header name {n:?}"));
+            }
+            if http::HeaderValue::from_str(v).is_err() {
+                self.err(format!("{p}.{n}"), "invalid header value");
+            }
+        }
+    }
+}

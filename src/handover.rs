@@ -229,7 +229,7 @@ async fn announce_ready(listen: Vec<String>) {
 }
 
 fn port_of(listen: &str) -> Option<u16> {
-    listen.rsplit_once(':')?.1.parse().ok()
+    crate::config::split_host_port(listen)?.1.parse().ok()
 }
 
 /// Ports this process listens on (LISTEN sockets of the namespace whose inode is one of this

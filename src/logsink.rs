@@ -8,11 +8,12 @@
 //! `switchyard_log_lines_dropped_total`: a stalled reader costs log lines, never requests.
 
 use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Lines one stream's queue holds before new ones are dropped: a few hundred milliseconds of
@@ -150,7 +151,7 @@ fn sink(out: Output) -> Option<Arc<Sink>> {
     if let Some(s) = slot.load().as_ref().filter(|s| s.pid == pid) {
         return Some(s.clone());
     }
-    let _starting = STARTING.lock().unwrap_or_else(|p| p.into_inner());
+    let _starting = STARTING.lock();
     if let Some(s) = slot.load_full().filter(|s| s.pid == pid) {
         return Some(s);
     }
@@ -224,10 +225,7 @@ mod tests {
         struct Shared(Arc<Mutex<Vec<u8>>>);
         impl Write for Shared {
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend_from_slice(buf);
+                self.0.lock().extend_from_slice(buf);
                 Ok(buf.len())
             }
             fn flush(&mut self) -> std::io::Result<()> {
@@ -245,7 +243,7 @@ mod tests {
         let (ack, done) = mpsc::sync_channel(1);
         tx.send(Msg::Flush(ack)).expect("flush queued");
         done.recv_timeout(Duration::from_secs(5)).expect("flushed");
-        let text = String::from_utf8(out.lock().expect("out").clone()).expect("utf-8");
+        let text = String::from_utf8(out.lock().clone()).expect("utf-8");
         let want: String = (0..10).map(|i| format!("line {i}\n")).collect();
         assert_eq!(text, want);
         assert_eq!(held.load(Ordering::Acquire), 0);

@@ -6,11 +6,7 @@ use std::sync::atomic::Ordering;
 
 pub(super) fn status(state: &State) -> Value {
     let snap = state.snapshot();
-    let last = state
-        .last_reload
-        .lock()
-        .map(|s| s.clone())
-        .unwrap_or_else(|p| p.into_inner().clone());
+    let last = state.last_reload.lock().clone();
     let loaded_at = snap
         .loaded_at
         .duration_since(std::time::UNIX_EPOCH)

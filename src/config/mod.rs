@@ -18,7 +18,7 @@ pub use edge::*;
 pub use env::{process_env, substitute};
 pub use route::*;
 pub use types::*;
-pub use validate::check_host_port;
+pub use validate::{check_host_port, split_host_port};
 pub use values::{Cidr, HashOn, HostPattern, LogField, RateLimitKey};
 
 use locate::Positions;

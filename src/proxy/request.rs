@@ -280,7 +280,7 @@ pub(super) fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
-    match host.rsplit_once(':') {
+    match crate::config::split_host_port(host) {
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => host,
     }

@@ -5,12 +5,13 @@
 
 use crate::config::{CheckKind, HealthCheckConfig, UpstreamTlsSettings};
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::Backend;
 use pingora::prelude::*;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// What the checks last said about one backend address.
@@ -42,8 +43,8 @@ impl HealthTable {
         self.lock().get(addr).cloned()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, BackendHealth>> {
-        self.by_addr.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<SocketAddr, BackendHealth>> {
+        self.by_addr.lock()
     }
 
     fn record(&self, addr: SocketAddr, result: &pingora::Result<()>) {

@@ -16,9 +16,10 @@ use crate::config::store::{self, History};
 use crate::config::{self, ConfigError, ListenerSettings, Loaded};
 use crate::tls::CertStore;
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Set once SIGTERM or SIGQUIT arrives: answers then close their connection, so clients move
@@ -281,7 +282,7 @@ impl State {
                 e.render(&self.path.display().to_string())
             );
         }
-        let mut status = self.last_reload.lock().unwrap_or_else(|p| p.into_inner());
+        let mut status = self.last_reload.lock();
         *status = ReloadStatus {
             source,
             ok: result.is_ok(),

@@ -9,6 +9,7 @@ use super::health::{self, HealthTable};
 use crate::config::{BackendConfig, Balance, HealthCheckConfig, PoolConfig, UpstreamTlsSettings};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
@@ -16,7 +17,7 @@ use pingora::prelude::HttpPeer;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How many candidates a selection may look at before giving up.
@@ -209,7 +210,7 @@ impl LbHandle {
 
     /// Gives each member the counters of its address, so they survive reloads.
     fn attach_counters(&self, members: &mut [Member]) {
-        let mut map = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.stats.lock();
         map.retain(|addr, c| {
             c.inflight.load(Ordering::Relaxed) > 0 || members.iter().any(|m| m.addr == *addr)
         });
@@ -474,8 +475,7 @@ fn backend_of(m: &Member) -> Backend {
 }
 
 fn host_of(address: &str) -> &str {
-    address
-        .rsplit_once(':')
+    crate::config::split_host_port(address)
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
         .unwrap_or(address)
 }

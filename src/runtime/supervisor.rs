@@ -111,7 +111,7 @@ impl Supervisor {
                 continue;
             };
             {
-                let mut next = lb.next_check.lock().unwrap_or_else(|p| p.into_inner());
+                let mut next = lb.next_check.lock();
                 if *next > now || lb.checking.swap(true, Ordering::AcqRel) {
                     continue;
                 }

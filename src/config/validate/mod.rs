@@ -15,10 +15,16 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     v.problems
 }
 
+/// `host:port`, `ip:port` or `[ipv6]:port` split at the last colon: the host as written
+/// (brackets kept) and the port text. Every place that takes an address apart uses this.
+pub fn split_host_port(text: &str) -> Option<(&str, &str)> {
+    text.rsplit_once(':')
+}
+
 /// A backend address: `ip:port` or `host:port` (resolved at run time).
 pub fn check_host_port(text: &str) -> Result<(), String> {
     let bad = || format!("invalid address {text:?}; write ip:port, [ipv6]:port or host:port");
-    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let (host, port) = split_host_port(text).ok_or_else(bad)?;
     // One spelling per port: digits only, no sign, no leading zero, 1 to 65535.
     let port_ok = (1..=5).contains(&port.len())
         && port.bytes().all(|b| b.is_ascii_digit())

@@ -19,7 +19,7 @@ pub use env::{process_env, substitute};
 pub use route::*;
 pub use types::*;
 pub use validate::{check_host_port, split_host_port};
-pub use values::{Cidr, HashOn, HostPattern, LogField, RateLimitKey};
+pub use values::{Cidr, HashOn, HostPattern, LogField, RateLimitKey, RetryOn, TlsVersion};
 
 use locate::Positions;
 use serde::Serialize;

@@ -2,7 +2,7 @@
 
 use super::types::d;
 use super::units::{Dur, Size};
-use super::values::{HostPattern, RateLimitKey};
+use super::values::{HostPattern, RateLimitKey, RetryOn};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -78,14 +78,6 @@ pub struct CorsConfig {
     pub allow_credentials: bool,
     #[serde(default)]
     pub max_age: Option<Dur>,
-}
-
-/// `connect_error` or a backend status (`502`) worth another backend.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum RetryOn {
-    Status(u16),
-    Condition(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -4,9 +4,10 @@
 //! recognised, and `validate` rejects them with "not supported yet" instead of ignoring them.
 
 use super::edge::EdgeConfig;
-use super::route::{RetryOn, RouteConfig};
+use super::route::RouteConfig;
 use super::units::{Dur, Size};
 use super::values::HashOn;
+use super::values::{RetryOn, TlsVersion};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -130,8 +131,8 @@ pub struct ListenerTls {
     /// Names (DNS or IP) of an in-memory self-signed certificate made at start.
     #[serde(default)]
     pub self_signed: Vec<String>,
-    #[serde(default = "d::min_tls")]
-    pub min_version: String,
+    #[serde(default)]
+    pub min_version: TlsVersion,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -349,9 +350,6 @@ pub(in crate::config) mod d {
     pub(in crate::config) fn history() -> usize {
         20
     }
-    pub(in crate::config) fn min_tls() -> String {
-        "1.2".into()
-    }
     pub(in crate::config) fn health_path() -> String {
         "/health".into()
     }
@@ -395,7 +393,7 @@ pub(in crate::config) mod d {
         2
     }
     pub(in crate::config) fn retry_on() -> Vec<super::RetryOn> {
-        vec![super::RetryOn::Condition("connect_error".into())]
+        vec![super::RetryOn::ConnectError]
     }
     pub(in crate::config) fn cors_methods() -> Vec<String> {
         ["GET", "HEAD", "POST"]

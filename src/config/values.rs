@@ -256,6 +256,56 @@ impl LogField {
     }
 }
 
+/// What sends a request to another backend: `connect_error`, or a 5xx status the backend
+/// answered (written as a number, `502`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "RetryText", into = "RetryText")]
+pub enum RetryOn {
+    ConnectError,
+    Status(u16),
+}
+
+/// How `retry_on` entries are written: a number or a word.
+#[derive(serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum RetryText {
+    Status(u16),
+    Word(String),
+}
+
+impl TryFrom<RetryText> for RetryOn {
+    type Error = String;
+    fn try_from(t: RetryText) -> Result<Self, String> {
+        match t {
+            RetryText::Status(s) if (500..=599).contains(&s) => Ok(RetryOn::Status(s)),
+            RetryText::Status(s) => Err(format!("{s}: only 5xx statuses are retried")),
+            RetryText::Word(w) if w == "connect_error" => Ok(RetryOn::ConnectError),
+            RetryText::Word(w) => Err(format!(
+                "unknown retry condition {w:?}; use connect_error or a 5xx status"
+            )),
+        }
+    }
+}
+
+impl From<RetryOn> for RetryText {
+    fn from(r: RetryOn) -> RetryText {
+        match r {
+            RetryOn::ConnectError => RetryText::Word("connect_error".into()),
+            RetryOn::Status(s) => RetryText::Status(s),
+        }
+    }
+}
+
+/// The lowest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
 fn header_name(name: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))
 }

@@ -129,7 +129,7 @@ impl Route {
                 .iter()
                 .filter_map(|r| match r {
                     RetryOn::Status(s) => Some(*s),
-                    RetryOn::Condition(_) => None,
+                    RetryOn::ConnectError => None,
                 })
                 .collect(),
             models,

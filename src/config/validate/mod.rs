@@ -2,8 +2,8 @@
 
 use super::types::*;
 use super::values::{Cidr, HashOn};
-use super::EdgeConfig;
 use super::Problem;
+use super::{EdgeConfig, TlsVersion};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
@@ -199,16 +199,11 @@ impl Validator {
     }
 
     fn listener_tls(&mut self, p: &str, tls: &ListenerTls) {
-        match tls.min_version.as_str() {
-            "1.2" => {}
-            "1.3" => self.err(
+        if tls.min_version == TlsVersion::V1_3 {
+            self.err(
                 format!("{p}.min_version"),
                 "\"1.3\" is not supported yet; TLS 1.2 and 1.3 are served",
-            ),
-            other => self.err(
-                format!("{p}.min_version"),
-                format!("unknown TLS version {other:?}; only \"1.2\" (1.2 and 1.3) is served"),
-            ),
+            );
         }
         if tls.certificates.is_empty() && tls.self_signed.is_empty() {
             self.err(

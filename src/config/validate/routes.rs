@@ -3,9 +3,7 @@
 use super::{Validator, METHODS};
 use crate::config::types::*;
 use crate::config::values::RateLimitKey;
-use crate::config::{
-    ApiKey, AuthConfig, CorsConfig, RateLimitConfig, RetryOn, RouteConfig, RouteMatch,
-};
+use crate::config::{ApiKey, AuthConfig, CorsConfig, RateLimitConfig, RouteConfig, RouteMatch};
 use std::collections::HashSet;
 
 impl Validator {
@@ -57,20 +55,6 @@ impl Validator {
             }
             if let Some(cors) = &r.cors {
                 self.cors(&format!("{p}.cors"), cors);
-            }
-            for (j, what) in r.retry_on.iter().enumerate() {
-                match what {
-                    RetryOn::Condition(c) if c == "connect_error" => {}
-                    RetryOn::Status(s) if (500..=599).contains(s) => {}
-                    RetryOn::Status(s) => self.err(
-                        format!("{p}.retry_on[{j}]"),
-                        format!("{s}: only 5xx statuses are retried"),
-                    ),
-                    RetryOn::Condition(c) => self.err(
-                        format!("{p}.retry_on[{j}]"),
-                        format!("unknown retry condition {c:?}; use connect_error or a 5xx status"),
-                    ),
-                }
             }
             self.cidrs(&format!("{p}.allow"), &r.allow);
             self.cidrs(&format!("{p}.deny"), &r.deny);

@@ -85,6 +85,10 @@ async fn path_tricks_do_not_get_past_auth() {
         "/a/%2e%2e/%2e%2e/private/x",
         "/bad%zzescape",
         "/bad%4",
+        "/public/..;/private/x",
+        "/public/%2e%2e;jsessionid=1/private/x",
+        "/file.txt%00.php",
+        "/a%0d%0aSet-Cookie:x",
     ] {
         let r = raw(port, &get(refused)).await;
         assert_eq!(status(&r), 400, "{refused}: {r}");
@@ -539,4 +543,56 @@ async fn ab_h2load_and_curl_http_1_0_are_all_served() {
         .await
         .expect("curl");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trailing_dot_in_the_host_meets_the_same_routes() {
+    let port = free_port();
+    let body = format!(
+        r#"
+listeners:
+  - {{name: http, listen: "127.0.0.1:{port}"}}
+routes:
+  - {{name: keyed, match: {{host: [api.example.com]}}, respond: {{status: 200, body: "keyed\n"}}, auth: {{api_keys: ["{KEY}"]}}}}
+  - {{name: open, respond: {{status: 200, body: "open\n"}}}}
+"#
+    );
+    let _p = Proxy::start(&body).await;
+    for host in ["api.example.com", "API.example.com.", "api.example.com.:80"] {
+        let r = raw(
+            port,
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(status(&r), 401, "{host}: {r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_like_the_http2_preface_inside_a_head_do_not_stop_its_deadline() {
+    let up = Upstream::start("up").await;
+    let port = free_port();
+    let config = one_pool(port, up.addr, "") + "edge:\n  header_timeout: 2s\n";
+    let _p = Proxy::start(&config).await;
+    let mut s = TcpStream::connect(addr(port)).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX: ")
+        .await
+        .expect("head");
+    // Two writes, so that the preface-like bytes arrive in a read of their own.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"PRI * HTTP/2.0").await.expect("more");
+    let mut buf = [0u8; 512];
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the unfinished head outlived header_timeout"
+    );
 }

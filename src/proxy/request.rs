@@ -273,7 +273,9 @@ fn host_of(req: &RequestHeader) -> &str {
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
         .unwrap_or("");
-    strip_port(raw)
+    // `api.example.com.` is the same name as `api.example.com`: it must meet the same routes.
+    let host = strip_port(raw);
+    host.strip_suffix('.').unwrap_or(host)
 }
 
 pub(super) fn strip_port(host: &str) -> &str {
@@ -295,5 +297,10 @@ mod tests {
         assert_eq!(strip_port("example.com:8080"), "example.com");
         assert_eq!(strip_port("[::1]:80"), "::1");
         assert_eq!(strip_port("example.com"), "example.com");
+        let req = RequestHeader::build("GET", b"/", None).expect("request");
+        let mut req = req;
+        req.insert_header("host", "API.example.com.:8080")
+            .expect("host");
+        assert_eq!(host_of(&req), "API.example.com");
     }
 }

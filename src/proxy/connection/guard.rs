@@ -22,8 +22,6 @@ const DISARMED: u8 = 2;
 
 /// The HTTP/2 client connection preface, as Pingora's h2c detection reads it whole.
 const H2C_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Enough of the preface to recognise HTTP/2 in the first read.
-const H2_PREFACE: &[u8] = H2C_PREFACE.split_at(14).0;
 
 pub struct HeadGuard {
     inner: Stream,
@@ -157,10 +155,10 @@ impl AsyncRead for HeadGuard {
             Pin::new(&mut self.inner).poll_read(cx, buf)
         };
         if let Poll::Ready(Ok(())) = result {
+            // Only the connection's start tells HTTP/2 (`serve` disarms then): bytes that look
+            // like the preface in the middle of an HTTP/1 head must not stop its deadline.
             let fresh = &buf.filled()[before..];
-            if before == 0 && fresh.starts_with(H2_PREFACE) {
-                self.disarm();
-            } else if !fresh.is_empty() && self.state.load(Ordering::Acquire) == WAITING {
+            if !fresh.is_empty() && self.state.load(Ordering::Acquire) == WAITING {
                 let deadline = Instant::now() + self.limit;
                 match self.timer.as_mut() {
                     Some(t) => t.as_mut().reset(deadline),
@@ -279,9 +277,6 @@ impl Peek for HeadGuard {
         } else {
             self.peek_or_read_ahead(buf).await?
         };
-        if peeked && buf.starts_with(H2_PREFACE) {
-            self.disarm();
-        }
         Ok(peeked)
     }
 }

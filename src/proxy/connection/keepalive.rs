@@ -57,7 +57,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionApp<A> {
         tokio::select! {
             // A TLS stream cannot peek: the guard reads the byte ahead and keeps it.
             peeked = tokio::time::timeout(idle, stream.try_peek(&mut first)) => {
-                matches!(peeked, Ok(Ok(_)))
+                matches!(peeked, Ok(Ok(true)))
             }
             _ = shutdown.changed() => false,
         }

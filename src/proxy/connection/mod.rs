@@ -76,6 +76,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionApp<A> {
         let tls = stream.get_ssl_digest().is_some();
         let mut guarded = HeadGuard::new(stream, limit, !h2);
         if h2 || (self.h2c() && !tls && guarded.starts_with_h2c_preface().await) {
+            // HTTP/2 multiplexes its streams: no head deadline for the connection.
+            guarded.disarm();
             ServerApp::process_new(&self.inner, Box::new(guarded), shutdown).await;
         } else {
             self.serve_http1(Box::new(guarded), shutdown).await;

@@ -31,6 +31,8 @@ pub enum BadPath {
     EscapedSlash,
     #[error("a control character in the path")]
     Control,
+    #[error("a '.' or '..' segment with ';' parameters")]
+    DotParams,
 }
 
 /// The normalised form of `path` (the part of the target before `?`); borrowed when the path
@@ -69,6 +71,8 @@ fn is_normal(path: &[u8], rules: Rules) -> Result<bool, BadPath> {
                     || rest == b".."
                     || rest.starts_with(b"./")
                     || rest.starts_with(b"../")
+                    || rest.starts_with(b".;")
+                    || rest.starts_with(b"..;")
                 {
                     normal = false;
                 }
@@ -111,6 +115,10 @@ fn decode_unreserved(path: &[u8], rules: Rules) -> Result<String, BadPath> {
             return Err(BadPath::BadEscape);
         };
         let value = hi << 4 | lo;
+        if value < 0x20 || value == 0x7f {
+            // Decoded by a backend, `%00` or `%0A` ends strings and splits lines.
+            return Err(BadPath::Control);
+        }
         if matches!(value, b'/' | b'\\') && rules.escaped_slashes == EscapedSlashes::Reject {
             return Err(BadPath::EscapedSlash);
         }
@@ -132,6 +140,10 @@ fn resolve_segments(path: &str, merge_slashes: bool) -> Result<String, BadPath> 
     let mut segments = path[1..].split('/').peekable();
     while let Some(segment) = segments.next() {
         let last = segments.peek().is_none();
+        if matches!(segment.split(';').next(), Some("." | "..")) && segment.contains(';') {
+            // `..;/` is a parent step to Tomcat, Jetty and Spring: never pass it on.
+            return Err(BadPath::DotParams);
+        }
         match segment {
             "." => {}
             ".." => {
@@ -200,6 +212,12 @@ mod tests {
         assert_eq!(norm("/a%4"), Err(BadPath::BadEscape));
         assert_eq!(norm("/a\tb"), Err(BadPath::Control));
         assert_eq!(norm("a/b"), Err(BadPath::NotAbsolute));
+        assert_eq!(norm("/public/..;/private"), Err(BadPath::DotParams));
+        assert_eq!(norm("/public/.;x=1/private"), Err(BadPath::DotParams));
+        assert_eq!(norm("/public/%2e%2e;/private"), Err(BadPath::DotParams));
+        assert_eq!(norm("/file.txt%00.php"), Err(BadPath::Control));
+        assert_eq!(norm("/a%0d%0ab"), Err(BadPath::Control));
+        assert_eq!(norm("/a;b/c").as_deref(), Ok("/a;b/c"));
     }
 
     #[test]
@@ -224,7 +242,7 @@ mod tests {
             if bytes[i] == b'%' {
                 let h = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
                 let v = u8::from_str_radix(h, 16).ok()?;
-                if v == b'/' || v == b'\\' || h.starts_with('+') {
+                if v == b'/' || v == b'\\' || v < 0x20 || v == 0x7f || h.starts_with('+') {
                     return None;
                 }
                 if is_unreserved(v) {

@@ -1,4 +1,4 @@
-//! The admin listener (SPEC §5): its own Pingora service, apart from the public listeners.
+//! The admin listener: its own Pingora service, apart from the public listeners.
 //!
 //! The key is checked on the request head: a caller without it gets 401 and a closed
 //! connection, and none of its body is read. Every write goes through

@@ -19,7 +19,10 @@ pub use env::{process_env, substitute};
 pub use route::*;
 pub use types::*;
 pub use validate::{check_host_port, split_host_port};
-pub use values::{Cidr, HashOn, HostPattern, LogField, RateLimitKey, RetryOn, TlsVersion};
+pub use values::{
+    Cidr, HashOn, HeaderKey, HeaderText, HostPattern, LogField, MethodName, RateLimitKey, RetryOn,
+    TlsVersion,
+};
 
 use locate::Positions;
 use serde::Serialize;

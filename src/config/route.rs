@@ -2,7 +2,7 @@
 
 use super::types::d;
 use super::units::{Dur, Size};
-use super::values::{HostPattern, RateLimitKey, RetryOn};
+use super::values::{HeaderKey, HeaderText, HostPattern, MethodName, RateLimitKey, RetryOn};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -68,12 +68,12 @@ pub struct CorsConfig {
     /// Exact origins (`https://app.example.com`) or `*`.
     pub allow_origins: Vec<String>,
     #[serde(default = "d::cors_methods")]
-    pub allow_methods: Vec<String>,
+    pub allow_methods: Vec<MethodName>,
     /// Request headers a page may send; empty = whatever the preflight asks for.
     #[serde(default)]
-    pub allow_headers: Vec<String>,
+    pub allow_headers: Vec<HeaderKey>,
     #[serde(default)]
-    pub expose_headers: Vec<String>,
+    pub expose_headers: Vec<HeaderKey>,
     #[serde(default)]
     pub allow_credentials: bool,
     #[serde(default)]
@@ -113,9 +113,9 @@ pub struct RouteMatch {
     #[serde(default)]
     pub path_prefix: Option<String>,
     #[serde(default)]
-    pub methods: Vec<String>,
+    pub methods: Vec<MethodName>,
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<HeaderKey, String>,
     #[serde(default)]
     pub query: BTreeMap<String, String>,
 }
@@ -128,7 +128,7 @@ pub struct Respond {
     #[serde(default)]
     pub body: String,
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<HeaderKey, HeaderText>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, Default)]
@@ -149,9 +149,9 @@ pub struct RouteTimeouts {
 #[serde(deny_unknown_fields)]
 pub struct HeaderOps {
     #[serde(default)]
-    pub set: BTreeMap<String, String>,
+    pub set: BTreeMap<HeaderKey, HeaderText>,
     #[serde(default)]
-    pub remove: Vec<String>,
+    pub remove: Vec<HeaderKey>,
 }
 
 impl RouteConfig {

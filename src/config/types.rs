@@ -7,7 +7,7 @@ use super::edge::EdgeConfig;
 use super::route::RouteConfig;
 use super::units::{Dur, Size};
 use super::values::HashOn;
-use super::values::{RetryOn, TlsVersion};
+use super::values::{MethodName, RetryOn, TlsVersion};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -395,10 +395,10 @@ pub(in crate::config) mod d {
     pub(in crate::config) fn retry_on() -> Vec<super::RetryOn> {
         vec![super::RetryOn::ConnectError]
     }
-    pub(in crate::config) fn cors_methods() -> Vec<String> {
-        ["GET", "HEAD", "POST"]
-            .iter()
-            .map(|m| m.to_string())
+    pub(in crate::config) fn cors_methods() -> Vec<super::MethodName> {
+        [http::Method::GET, http::Method::HEAD, http::Method::POST]
+            .into_iter()
+            .map(super::MethodName)
             .collect()
     }
     pub(in crate::config) fn passive_failures() -> u32 {

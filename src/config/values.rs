@@ -306,6 +306,87 @@ pub enum TlsVersion {
     V1_3,
 }
 
+/// An HTTP method, written in any case: one of the methods HTTP defines.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MethodName(pub http::Method);
+
+impl MethodName {
+    const KNOWN: [&'static str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+
+    pub fn parse(text: &str) -> Result<MethodName, String> {
+        let upper = text.to_ascii_uppercase();
+        if !Self::KNOWN.contains(&upper.as_str()) {
+            return Err(format!("unknown method {text:?}"));
+        }
+        http::Method::from_bytes(upper.as_bytes())
+            .map(MethodName)
+            .map_err(|_| format!("unknown method {text:?}"))
+    }
+}
+
+impl fmt::Display for MethodName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
+text_value!(MethodName);
+
+/// A header name, checked and lower-cased when the file is read (ordered, for maps).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HeaderKey(pub HeaderName);
+
+impl HeaderKey {
+    pub fn parse(text: &str) -> Result<HeaderKey, String> {
+        header_name(text).map(HeaderKey)
+    }
+}
+
+impl PartialOrd for HeaderKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for HeaderKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.as_str().cmp(other.0.as_str())
+    }
+}
+
+impl fmt::Display for HeaderKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
+text_value!(HeaderKey);
+
+/// A header value that can go on the wire (no control characters or line breaks).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HeaderText(pub http::HeaderValue);
+
+impl HeaderText {
+    pub fn parse(text: &str) -> Result<HeaderText, String> {
+        http::HeaderValue::from_str(text)
+            .map(HeaderText)
+            .map_err(|_| format!("invalid header value {text:?}"))
+    }
+}
+
+impl fmt::Display for HeaderText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.to_str().unwrap_or_default())
+    }
+}
+
+text_value!(HeaderText);
+
 fn header_name(name: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))
 }

@@ -5,7 +5,7 @@ use super::policy::cors::Cors;
 use super::policy::rate_limit::Limiter;
 use super::pool::Pool;
 use crate::config::values::nets;
-use crate::config::{HeaderOps, HostPattern, RetryOn, RouteConfig};
+use crate::config::{HeaderKey, HeaderOps, HeaderText, HostPattern, RetryOn, RouteConfig};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use std::borrow::Cow;
@@ -43,11 +43,7 @@ impl HeaderEdits {
     fn compile(ops: &HeaderOps) -> Self {
         HeaderEdits {
             set: header_pairs(&ops.set),
-            remove: ops
-                .remove
-                .iter()
-                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-                .collect(),
+            remove: ops.remove.iter().map(|n| n.0.clone()).collect(),
         }
     }
 
@@ -56,14 +52,9 @@ impl HeaderEdits {
     }
 }
 
-fn header_pairs(map: &BTreeMap<String, String>) -> Vec<(HeaderName, HeaderValue)> {
+fn header_pairs(map: &BTreeMap<HeaderKey, HeaderText>) -> Vec<(HeaderName, HeaderValue)> {
     map.iter()
-        .filter_map(|(n, v)| {
-            Some((
-                HeaderName::from_bytes(n.as_bytes()).ok()?,
-                HeaderValue::from_str(v).ok()?,
-            ))
-        })
+        .map(|(n, v)| (n.0.clone(), v.0.clone()))
         .collect()
 }
 
@@ -148,15 +139,11 @@ impl Route {
             response_headers: HeaderEdits::compile(&config.response_headers),
             hosts: m.host.clone(),
             path_prefix: m.path_prefix.clone(),
-            methods: m
-                .methods
-                .iter()
-                .filter_map(|x| Method::from_bytes(x.to_ascii_uppercase().as_bytes()).ok())
-                .collect(),
+            methods: m.methods.iter().map(|x| x.0.clone()).collect(),
             headers: m
                 .headers
                 .iter()
-                .filter_map(|(n, v)| Some((HeaderName::from_bytes(n.as_bytes()).ok()?, v.clone())))
+                .map(|(n, v)| (n.0.clone(), v.clone()))
                 .collect(),
             query: m
                 .query

@@ -49,10 +49,6 @@ pub fn check_host_port(text: &str) -> Result<(), String> {
 /// points each for consistent hashing), so an unbounded weight is an unbounded allocation.
 pub(super) const MAX_WEIGHT: usize = 256;
 
-const METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
-];
-
 mod routes;
 
 struct Validator {

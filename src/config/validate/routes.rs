@@ -1,6 +1,6 @@
 //! The rules for `routes:`: names, targets, matchers and the policies of each route.
 
-use super::{Validator, METHODS};
+use super::Validator;
 use crate::config::types::*;
 use crate::config::values::RateLimitKey;
 use crate::config::{ApiKey, AuthConfig, CorsConfig, RateLimitConfig, RouteConfig, RouteMatch};
@@ -34,7 +34,6 @@ impl Validator {
                     if !(100..=599).contains(&resp.status) {
                         self.err(format!("{p}.respond.status"), "not an HTTP status");
                     }
-                    self.header_map(&format!("{p}.respond.headers"), &resp.headers);
                 }
             }
             self.route_match(&format!("{p}.match"), &r.matcher);
@@ -72,19 +71,6 @@ impl Validator {
             if r.timeouts.total.is_some_and(|d| d.get().is_zero()) {
                 self.err(format!("{p}.timeouts.total"), "must be more than 0");
             }
-            self.header_map(&format!("{p}.request_headers.set"), &r.request_headers.set);
-            self.header_names(
-                &format!("{p}.request_headers.remove"),
-                &r.request_headers.remove,
-            );
-            self.header_map(
-                &format!("{p}.response_headers.set"),
-                &r.response_headers.set,
-            );
-            self.header_names(
-                &format!("{p}.response_headers.remove"),
-                &r.response_headers.remove,
-            );
         }
     }
 
@@ -145,16 +131,6 @@ impl Validator {
                 "browsers refuse credentials with origin *",
             );
         }
-        for (i, m) in cors.allow_methods.iter().enumerate() {
-            if !METHODS.contains(&m.to_ascii_uppercase().as_str()) {
-                self.err(
-                    format!("{p}.allow_methods[{i}]"),
-                    format!("unknown method {m:?}"),
-                );
-            }
-        }
-        self.header_names(&format!("{p}.allow_headers"), &cors.allow_headers);
-        self.header_names(&format!("{p}.expose_headers"), &cors.expose_headers);
     }
 
     fn auth(&mut self, p: &str, auth: &AuthConfig) {
@@ -189,35 +165,6 @@ impl Validator {
         if let Some(prefix) = &m.path_prefix {
             if !prefix.starts_with('/') {
                 self.err(format!("{p}.path_prefix"), "must start with /");
-            }
-        }
-        for (i, method) in m.methods.iter().enumerate() {
-            if !METHODS.contains(&method.to_ascii_uppercase().as_str()) {
-                self.err(
-                    format!("{p}.methods[{i}]"),
-                    format!("unknown method {method:?}"),
-                );
-            }
-        }
-        let names: Vec<String> = m.headers.keys().cloned().collect();
-        self.header_names(&format!("{p}.headers"), &names);
-    }
-
-    fn header_names(&mut self, p: &str, names: &[String]) {
-        for (i, n) in names.iter().enumerate() {
-            if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
-                self.err(format!("{p}[{i}]"), format!("invalid header name {n:?}"));
-            }
-        }
-    }
-
-    fn header_map(&mut self, p: &str, map: &std::collections::BTreeMap<String, String>) {
-        for (n, v) in map {
-            if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
-                self.err(format!("{p}.{n}"), format!("invalid header name {n:?}"));
-            }
-            if http::HeaderValue::from_str(v).is_err() {
-                self.err(format!("{p}.{n}"), "invalid header value");
             }
         }
     }

@@ -1,7 +1,7 @@
 //! CORS for a route: preflight `OPTIONS` answered by the proxy for allowed origins only, and
 //! `Access-Control-*` headers on answers to allowed origins. Other origins get no CORS header.
 
-use crate::config::CorsConfig;
+use crate::config::{CorsConfig, HeaderKey};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub struct Cors {
@@ -16,7 +16,14 @@ pub struct Cors {
 
 impl Cors {
     pub fn new(c: &CorsConfig) -> Cors {
-        let join = |l: &[String]| (!l.is_empty()).then(|| l.join(", "));
+        let join = |l: &[HeaderKey]| {
+            (!l.is_empty()).then(|| {
+                l.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+        };
         Cors {
             any_origin: c.allow_origins.iter().any(|o| o == "*"),
             origins: c
@@ -27,7 +34,7 @@ impl Cors {
             methods: c
                 .allow_methods
                 .iter()
-                .map(|m| m.to_ascii_uppercase())
+                .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", "),
             headers: join(&c.allow_headers),

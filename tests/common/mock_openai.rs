@@ -45,6 +45,8 @@ pub struct Knobs {
     pub fail_with: AtomicU16,
     /// Delay before answering, in ms.
     pub delay_ms: AtomicUsize,
+    /// When above `delay_ms`, the delay is drawn uniformly from `delay_ms..=delay_max_ms`.
+    pub delay_max_ms: AtomicUsize,
     /// When set, a stream stops after its first event until `release` is notified.
     pub hold_streams: std::sync::atomic::AtomicBool,
     pub release: Notify,
@@ -71,6 +73,7 @@ impl Default for Knobs {
         Knobs {
             fail_with: AtomicU16::new(0),
             delay_ms: AtomicUsize::new(0),
+            delay_max_ms: AtomicUsize::new(0),
             hold_streams: Default::default(),
             release: Notify::new(),
             inflight: AtomicUsize::new(0),
@@ -234,7 +237,11 @@ async fn handle(req: Request<Incoming>, s: Arc<Server>) -> Result<Response<Body>
             permit.forget();
         }
     }
-    let delay = s.knobs.delay_ms.load(Ordering::SeqCst);
+    let mut delay = s.knobs.delay_ms.load(Ordering::SeqCst);
+    let max = s.knobs.delay_max_ms.load(Ordering::SeqCst);
+    if max > delay {
+        delay = fastrand::usize(delay..=max);
+    }
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay as u64)).await;
     }

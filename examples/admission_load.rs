@@ -10,7 +10,7 @@
 //! the cost of the admission path when nothing waits: CPU of the switchyard process per
 //! request, against instant backends, with and without `queue` (ABAB, one run).
 
-#[allow(unreachable_pub, dead_code)]
+#[allow(unreachable_pub)]
 #[path = "../tests/common/mock_openai.rs"]
 mod mock_openai;
 

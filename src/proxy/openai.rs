@@ -22,6 +22,76 @@ pub fn model_of(body: &[u8]) -> Result<String, &'static str> {
     }
 }
 
+/// The body with its `model` replaced (an alias resolved, a fallback taken).
+pub fn with_model(body: &[u8], model: &str) -> Option<Bytes> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    v.as_object_mut()?
+        .insert("model".into(), Value::String(model.to_string()));
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+/// The beginning of the request's prompt, for `affinity: {key: prompt_prefix}`: each
+/// message's role and text in order (or `prompt`), cut at `limit` bytes. Requests that share
+/// a system prompt or a conversation's history begin the same.
+pub fn prompt_prefix(body: &[u8], limit: usize) -> Option<Vec<u8>> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let mut out = Vec::with_capacity(limit.min(4096));
+    let mut push = |text: &str| {
+        let room = limit.saturating_sub(out.len());
+        let cut = floor_char_boundary(text, room);
+        out.extend_from_slice(&text.as_bytes()[..cut]);
+        out.len() < limit
+    };
+    if let Some(messages) = v.get("messages").and_then(Value::as_array) {
+        'messages: for m in messages {
+            let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+            if !push(role) || !push("\u{1e}") {
+                break;
+            }
+            for text in content_texts(m.get("content")) {
+                if !push(text) {
+                    break 'messages;
+                }
+            }
+            if !push("\u{1f}") {
+                break;
+            }
+        }
+    } else {
+        match v.get("prompt") {
+            Some(Value::String(p)) => {
+                push(p);
+            }
+            Some(Value::Array(items)) => {
+                if let Some(Value::String(p)) = items.first() {
+                    push(p);
+                }
+            }
+            _ => {}
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The text of a message's `content`: a string, or the `text` of its parts.
+fn content_texts(content: Option<&Value>) -> Vec<&str> {
+    match content {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    if at >= s.len() {
+        return s.len();
+    }
+    (0..=at).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0)
+}
+
 /// The body with `stream_options.include_usage: true` added, when it asks for a stream
 /// without usage: budgets count what the final usage chunk reports. `None` when the body
 /// needs no change.
@@ -261,6 +331,31 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn prompt_prefixes_agree_on_shared_beginnings() {
+        let system = "You are a helpful assistant. ".repeat(20);
+        let turn = |extra: &str| {
+            let v = json!({"model": "m", "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": extra}]});
+            serde_json::to_vec(&v).unwrap()
+        };
+        let a = prompt_prefix(&turn("first question"), 256).unwrap();
+        let b = prompt_prefix(&turn("another question"), 256).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 256);
+        let long = prompt_prefix(&turn("first question"), 100_000).unwrap();
+        let other = prompt_prefix(&turn("another question"), 100_000).unwrap();
+        assert_ne!(long, other);
+        let p = prompt_prefix(br#"{"model":"m","prompt":"Once upon a time"}"#, 4).unwrap();
+        assert_eq!(p, b"Once");
+        assert!(prompt_prefix(br#"{"model":"m"}"#, 10).is_none());
+        // Never cut inside a character.
+        let v = json!({"model": "m", "prompt": "ééé"});
+        let p = prompt_prefix(&serde_json::to_vec(&v).unwrap(), 3).unwrap();
+        assert_eq!(p, "é".as_bytes());
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub fn check_host_port(text: &str) -> Result<(), String> {
 /// points each for consistent hashing), so an unbounded weight is an unbounded allocation.
 pub(super) const MAX_WEIGHT: usize = 256;
 /// The most requests one pool's queue holds (each waiting request holds its body).
-const MAX_QUEUE: usize = 100_000;
+const MAX_QUEUE: usize = 10_000;
 
 mod routes;
 

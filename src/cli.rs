@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `hash-key`.
+//! The command line: `run`, `check`, `hash-key`, `fleet`.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -28,6 +28,12 @@ pub enum Command {
     },
     /// Read an API key on stdin and print sha256:<hex> to put in the YAML.
     HashKey,
+    /// Read /health from each node's admin listener (http://HOST:PORT) and compare their
+    /// config hashes; exits non-zero when they differ or a node does not answer.
+    Fleet {
+        #[arg(required = true, value_name = "ADMIN_URL")]
+        urls: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

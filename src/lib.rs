@@ -4,11 +4,12 @@
 //! up the current [`runtime::Snapshot`] (built from [`config`]), matches a route in
 //! [`runtime::router`], picks a backend from a [`runtime::Pool`], and logs through
 //! [`proxy::access_log`] and [`metrics`]. [`runtime::supervisor`] swaps snapshots and runs
-//! health checks; [`handover`] hands the sockets to a new process on `systemctl reload`; [`admin`] serves the admin listener; [`tls`] holds listener certificates.
+//! health checks; [`handover`] hands the sockets to a new process on `systemctl reload`; [`admin`] serves the admin listener; [`tls`] holds listener certificates; [`fleet`] compares the nodes of a fleet.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod fleet;
 pub mod handover;
 pub mod logsink;
 pub mod metrics;

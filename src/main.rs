@@ -25,6 +25,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Some(Command::Check { config }) => check(&config),
         Some(Command::HashKey) => hash_key(),
+        Some(Command::Fleet { urls }) => fleet(&urls),
         Some(Command::Run(args)) => run(args),
         None => run(cli.run),
     };
@@ -64,6 +65,17 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{}", e.render(&path.display().to_string()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn fleet(urls: &[String]) -> ExitCode {
+    match switchyard::fleet::run(urls) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("{e:#}");
             ExitCode::FAILURE
         }
     }

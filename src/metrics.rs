@@ -3,8 +3,8 @@
 
 use pingora_prometheus::prometheus::{
     self, register_gauge, register_gauge_vec, register_histogram_vec, register_int_counter,
-    register_int_counter_vec, register_int_gauge_vec, Encoder, Gauge, GaugeVec, HistogramVec,
-    IntCounter, IntCounterVec, IntGaugeVec, TextEncoder,
+    register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Encoder, Gauge, GaugeVec,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -30,6 +30,11 @@ metric!(RETRIES: IntCounterVec = register_int_counter_vec!(
 metric!(RATE_LIMITED: IntCounterVec = register_int_counter_vec!(
     "switchyard_rate_limited_total", "Requests refused with 429 by a route's rate limit.",
     &["route"]));
+metric!(STORE_UP: IntGauge = register_int_gauge!(
+    "switchyard_store_up", "1 while store.redis answers shared-limit decisions, else 0."));
+metric!(STORE_ERRORS: IntCounter = register_int_counter!(
+    "switchyard_store_errors_total",
+    "Shared-limit decisions that store.redis did not answer in time (on_error decided)."));
 metric!(SLOW_BODIES: IntCounterVec = register_int_counter_vec!(
     "switchyard_request_body_too_slow_total",
     "Requests answered 408 because the body came slower than edge.min_body_rate.",

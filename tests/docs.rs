@@ -19,13 +19,15 @@ pools:
     load: {engine: vllm, interval: 1s, metrics_path: /metrics, queue: q, running: r, cache: c}
     affinity: {key: prompt_prefix, prefix_bytes: 100, max_load_factor: 1.5}
     backends: [{address: "127.0.0.1:1", models: [m], api_key: k, max_inflight: 2}]
+store:
+  redis: {url: "redis://127.0.0.1:1/0", timeout: 50ms, prefix: "s:", on_error: deny, nodes: 2}
 routes:
   - name: r
     match: {path_prefix: /}
     pool: p
     openai: {aliases: {a: m}, fallbacks: {m: [n]}}
     auth: {api_keys: [{key: "0123456789abcdef", name: n, models: [m], priority: high, tokens_per_minute: 10, tokens_per_day: 100}]}
-    rate_limit: {requests: 1, per: 1m}
+    rate_limit: {requests: 1, per: 1m, shared: true}
     priority: low
     token_limit: {tokens: 100, per: 1m, key: client_ip}
     cors: {allow_origins: ["https://a.example"]}

@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("handover", 4),
     ("serve", 5),
     ("cli", 5),
+    ("fleet", 5),
 ];
 
 fn layer(module: &str) -> Option<u8> {

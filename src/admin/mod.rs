@@ -296,14 +296,7 @@ impl Admin {
         };
         let is_write = m != Method::GET;
         let reply = match (m, segs.as_slice()) {
-            (Method::GET, ["health"]) => json_reply(
-                200,
-                json!({
-                    "status": "ok",
-                    "config_hash": self.state.snapshot().loaded.hash,
-                    "pid": std::process::id(),
-                }),
-            ),
+            (Method::GET, ["health"]) => json_reply(200, status::health(&self.state)),
             (Method::GET, ["metrics"]) => {
                 reply(200, "text/plain; version=0.0.4", crate::metrics::encode())
             }

@@ -83,3 +83,27 @@ pub(super) fn status(state: &State) -> Value {
         "pools": pools,
     })
 }
+
+/// `GET /health`: alive, which config it runs, when that was loaded, and whether its shared
+/// store answers, what `switchyard fleet` compares across nodes.
+pub(super) fn health(state: &State) -> Value {
+    let snap = state.snapshot();
+    let loaded_at = snap
+        .loaded_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    let redis = match &snap.store {
+        None => "off",
+        Some(s) if s.is_up() => "up",
+        Some(_) => "down",
+    };
+    json!({
+        "status": "ok",
+        "config_hash": snap.loaded.hash,
+        "pid": std::process::id(),
+        "loaded_at": loaded_at,
+        "last_reload": state.last_reload.lock().clone(),
+        "redis": redis,
+    })
+}

@@ -11,6 +11,7 @@ mod locate;
 mod placement;
 mod route;
 pub mod store;
+mod store_redis;
 mod types;
 pub mod units;
 mod validate;
@@ -21,6 +22,7 @@ pub use edge::*;
 pub use env::{process_env, substitute};
 pub use placement::*;
 pub use route::*;
+pub use store_redis::*;
 pub use types::*;
 pub use validate::{check_host_port, split_host_port};
 pub use values::{

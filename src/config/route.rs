@@ -69,6 +69,9 @@ pub struct RateLimitConfig {
     /// Extra requests allowed in a window on top of `requests`.
     #[serde(default)]
     pub burst: u64,
+    /// Counted in `store.redis`, across every node that shares it.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

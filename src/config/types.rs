@@ -30,6 +30,9 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub edge: EdgeConfig,
+    /// Where shared limits are counted.
+    #[serde(default)]
+    pub store: super::StoreConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -11,6 +11,8 @@ use super::limits;
 use super::Edge;
 use crate::metrics;
 use crate::runtime::policy::cors::Cors;
+use crate::runtime::policy::rate_limit::Limiter;
+use crate::runtime::policy::shared::{Decision, Refused};
 use crate::runtime::policy::{acl, auth};
 use crate::runtime::router::{RequestView, Route, Target};
 use crate::runtime::snapshot::EdgePolicy;
@@ -124,20 +126,8 @@ impl Edge {
             }
         }
         if let Some(limiter) = &route.rate {
-            let headers = &session.req_header().headers;
-            match limiter.check(ctx.client.ip, headers, ctx.client.key.as_ref()) {
-                Ok(left) => limits::note_requests(ctx, limiter.allowed, left),
-                Err(limited) => {
-                    metrics::RATE_LIMITED
-                        .with_label_values(&[route.name.as_str()])
-                        .inc();
-                    limits::requests_spent(ctx, limiter.allowed, limited.retry_after);
-                    let answer = Reply::text(429, "too many requests").header(
-                        http::header::RETRY_AFTER,
-                        limits::seconds(limited.retry_after),
-                    );
-                    return self.reply(session, ctx, answer).await.map(Some);
-                }
+            if let Some(refused) = self.count_request(session, ctx, route, limiter).await {
+                return self.reply(session, ctx, refused).await.map(Some);
             }
         }
         if let Some(snap) = ctx.snapshot.clone() {
@@ -151,6 +141,49 @@ impl Edge {
             return self.refuse_body(session, ctx, limit).await.map(Some);
         }
         Ok(None)
+    }
+
+    /// Counts the request against the route's limit, on this node or, with `shared: true`,
+    /// in `store.redis`. The refusal to send when it is over (or the store is down and
+    /// `on_error: deny`); the limit's headers are noted either way.
+    async fn count_request(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        route: &Route,
+        limiter: &Limiter,
+    ) -> Option<Reply> {
+        let headers = &session.req_header().headers;
+        let who = limiter.who(ctx.client.ip, headers, ctx.client.key.as_ref());
+        let store = ctx.snapshot.as_ref().and_then(|s| s.store.clone());
+        let decision = match store.filter(|_| limiter.config.shared) {
+            Some(store) => store.decide(&route.name, limiter, &who).await,
+            None => Decision {
+                allowed: limiter.allowed,
+                result: limiter.check_who(&who).map_err(Refused::Limited),
+            },
+        };
+        match decision.result {
+            Ok(left) => {
+                limits::note_requests(ctx, decision.allowed, left);
+                None
+            }
+            Err(Refused::Limited(limited)) => {
+                metrics::RATE_LIMITED
+                    .with_label_values(&[route.name.as_str()])
+                    .inc();
+                limits::requests_spent(ctx, decision.allowed, limited.retry_after);
+                let answer = Reply::text(429, "too many requests").header(
+                    http::header::RETRY_AFTER,
+                    limits::seconds(limited.retry_after),
+                );
+                Some(answer)
+            }
+            Err(Refused::Unavailable) => Some(
+                Reply::text(503, "the shared rate limit cannot be checked, retry later")
+                    .header(http::header::RETRY_AFTER, http::HeaderValue::from(1u64)),
+            ),
+        }
     }
 
     /// Answers 408 to a body slower than `edge.min_body_rate` and closes the connection.

@@ -2,6 +2,7 @@
 //! snapshot they started with, so a reload never changes a request in flight.
 
 use super::policy::budget::Budgets;
+use super::policy::shared::SharedStore;
 use super::pool::Pool;
 use super::router::{Route, Router};
 use crate::config::values::nets;
@@ -34,6 +35,8 @@ pub struct Snapshot {
     pub edge: EdgePolicy,
     /// Token budgets; the same counters in every snapshot of the process.
     pub budgets: Budgets,
+    /// `store.redis`, kept from the previous snapshot while its settings stay the same.
+    pub store: Option<Arc<SharedStore>>,
     pub loaded_at: SystemTime,
 }
 
@@ -91,7 +94,17 @@ impl Snapshot {
             min_body_rate: c.edge.min_body_rate,
         };
 
+        let store = c.store.redis.as_ref().and_then(|rc| {
+            let kept = previous.and_then(|p| p.store.clone());
+            match kept.filter(|s| s.config == *rc) {
+                Some(s) => Some(s),
+                None => SharedStore::start(rc)
+                    .map_err(|e| log::error!("store.redis: {e}"))
+                    .ok(),
+            }
+        });
         Snapshot {
+            store,
             router: Router::new(routes),
             pools,
             edge,

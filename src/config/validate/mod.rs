@@ -90,6 +90,30 @@ impl Validator {
         }
         self.routes(c);
         self.edge(&c.edge);
+        if let Some(r) = &c.store.redis {
+            self.redis(r);
+        }
+    }
+
+    /// A Redis URL the client accepts, a timeout a request can afford, a node count.
+    fn redis(&mut self, r: &super::RedisStoreConfig) {
+        if r.url.starts_with("rediss://") {
+            self.err(
+                "store.redis.url",
+                "rediss:// (TLS) is not built into this version; use redis:// on a private network",
+            );
+        } else if !r.url.starts_with("redis://") {
+            self.err("store.redis.url", "must start with redis://");
+        } else if let Err(e) = redis::Client::open(r.url.as_str()) {
+            self.err("store.redis.url", format!("not a Redis URL: {e}"));
+        }
+        let t = r.timeout.get();
+        if t.is_zero() || t > std::time::Duration::from_secs(10) {
+            self.err("store.redis.timeout", "must be between 1ms and 10s");
+        }
+        if r.nodes == Some(0) {
+            self.err("store.redis.nodes", "must be at least 1");
+        }
     }
 
     fn admin(&mut self, a: &AdminSettings) {

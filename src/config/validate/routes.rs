@@ -45,6 +45,12 @@ impl Validator {
             }
             if let Some(rl) = &r.rate_limit {
                 self.rate_limit(&format!("{p}.rate_limit"), rl);
+                if rl.shared && c.store.redis.is_none() {
+                    self.err(
+                        format!("{p}.rate_limit.shared"),
+                        "a shared limit is counted in Redis: set store.redis (it is never silently local)",
+                    );
+                }
                 if rl.key == RateLimitKey::ApiKey && r.auth.is_none() {
                     self.err(
                         format!("{p}.rate_limit.key"),

@@ -6,3 +6,4 @@ pub mod auth;
 pub mod budget;
 pub mod cors;
 pub mod rate_limit;
+pub mod shared;

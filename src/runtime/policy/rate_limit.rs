@@ -44,17 +44,16 @@ impl Limiter {
         }
     }
 
-    /// Counts one request; the requests its key has left in the window, or `Err` when it is
-    /// over the limit. `api_key`
-    /// counts by the key that passed the route's auth, never by what the client presented:
-    /// inventing a new key per request must not make a new counter.
-    pub fn check(
+    /// What this request is counted by. `api_key` counts by the key that passed the
+    /// route's auth, never by what the client presented: inventing a new key per request
+    /// must not make a new counter.
+    pub fn who(
         &self,
         client: Option<IpAddr>,
         headers: &HeaderMap,
         key: Option<&ClientKey>,
-    ) -> Result<u64, Limited> {
-        let bytes: Vec<u8> = match &self.key {
+    ) -> Vec<u8> {
+        match &self.key {
             CountBy::ClientIp => client
                 .map(|ip| ip.to_string().into_bytes())
                 .unwrap_or_default(),
@@ -63,7 +62,22 @@ impl Limiter {
                 .get(h)
                 .map(|v| v.as_bytes().to_vec())
                 .unwrap_or_default(),
-        };
+        }
+    }
+
+    /// Counts one request; the requests its key has left in the window, or `Err` when it is
+    /// over the limit.
+    pub fn check(
+        &self,
+        client: Option<IpAddr>,
+        headers: &HeaderMap,
+        key: Option<&ClientKey>,
+    ) -> Result<u64, Limited> {
+        self.check_who(&self.who(client, headers, key))
+    }
+
+    /// [`Limiter::check`] for a key already taken from the request.
+    pub fn check_who(&self, bytes: &[u8]) -> Result<u64, Limited> {
         let seen = self.rate.observe(&bytes, 1);
         if seen <= self.allowed {
             return Ok((self.allowed - seen).max(0) as u64);
@@ -73,5 +87,29 @@ impl Limiter {
                 .mul_f64((1.0 - c.current_interval_fraction).clamp(0.0, 1.0))
         });
         Err(Limited { retry_after: left })
+    }
+
+    /// This node's share of a limit that `nodes` nodes share: what it admits on its own
+    /// while the shared store is unreachable (rounded up, at least 1).
+    pub fn share(config: &RateLimitConfig, nodes: u64) -> Limiter {
+        let nodes = nodes.max(1);
+        let mut own = config.clone();
+        own.requests = config.requests.div_ceil(nodes).max(1);
+        own.burst = config.burst.div_ceil(nodes);
+        Limiter::new(&own)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_s_share_is_rounded_up() {
+        let config: RateLimitConfig =
+            serde_yaml::from_str("{requests: 30, per: 1m, burst: 4}").expect("config");
+        assert_eq!(Limiter::share(&config, 3).allowed, 12);
+        assert_eq!(Limiter::share(&config, 7).allowed, 6);
+        assert_eq!(Limiter::share(&config, 100).allowed, 2);
     }
 }

@@ -1,0 +1,268 @@
+//! Request limits that several nodes share, counted in Redis (`store.redis`).
+//!
+//! Each decision is one server-side Lua script, one round trip: a sliding-window log per
+//! key (a sorted set of the admitted requests' times, taken from Redis's own clock so the
+//! nodes' clocks do not matter). It trims what fell out of the window, admits when fewer
+//! than the limit remain, and sets the key to expire with the window. No node reads and
+//! writes a counter on its own, so concurrent nodes never admit more than the limit.
+//!
+//! Redis slow or gone never holds a request longer than `timeout`: the decision then follows
+//! `on_error`. The connection lives on a thread of its own and reconnects in the background
+//! (the `redis` crate's connection manager, with backoff).
+
+use super::rate_limit::{Limited, Limiter};
+use crate::config::{OnStoreError, RateLimitConfig, RedisStoreConfig};
+use crate::metrics;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// KEYS[1] the key; ARGV limit, window (µs), a unique member. Returns
+/// `{admitted, remaining, wait_µs}`.
+const SLIDING_WINDOW: &str = r"
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
+  return {1, limit - count - 1, 0}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, 0, tonumber(oldest[2]) + window - now}
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not connected to Redis yet")]
+    NotConnected,
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// A shared limit's answer: admitted (with what is left), or refused.
+pub struct Decision {
+    /// What a window admits under the rule that decided (the node's share on `local`).
+    pub allowed: isize,
+    pub result: Result<u64, Refused>,
+}
+
+pub enum Refused {
+    Limited(Limited),
+    /// Redis did not decide and `on_error: deny`.
+    Unavailable,
+}
+
+pub struct SharedStore {
+    pub config: RedisStoreConfig,
+    conn: Arc<OnceLock<ConnectionManager>>,
+    script: redis::Script,
+    up: Arc<AtomicBool>,
+    /// Makes each admitted request a distinct member of its key's set.
+    node: u64,
+    seq: AtomicU64,
+    /// This node's own limiters for `on_error: local`, per route and limit.
+    local: Mutex<Vec<(String, RateLimitConfig, Arc<Limiter>)>>,
+    /// Dropped with the store: ends its connection thread.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl SharedStore {
+    /// Starts connecting in the background; decisions fall back to `on_error` until then.
+    pub fn start(config: &RedisStoreConfig) -> Result<Arc<SharedStore>, StoreError> {
+        let client = redis::Client::open(config.url.as_str())?;
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let store = Arc::new(SharedStore {
+            config: config.clone(),
+            conn: Arc::new(OnceLock::new()),
+            script: redis::Script::new(SLIDING_WINDOW),
+            up: Arc::new(AtomicBool::new(false)),
+            node: fastrand::u64(..),
+            seq: AtomicU64::new(0),
+            local: Mutex::new(Vec::new()),
+            _stop: stop,
+        });
+        metrics::STORE_UP.set(0);
+        let (conn, up, timeout) = (store.conn.clone(), store.up.clone(), config.timeout.get());
+        std::thread::Builder::new()
+            .name("switchyard-redis".into())
+            .spawn(move || connect_thread(client, conn, up, timeout, stopped))
+            .map_err(|e| StoreError::Redis(e.into()))?;
+        Ok(store)
+    }
+
+    /// Whether the last decision (or the first connection) reached Redis.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Counts one request of `who` against `limiter`'s limit on `route`, across the fleet.
+    pub async fn decide(&self, route: &str, limiter: &Limiter, who: &[u8]) -> Decision {
+        let timeout = self.config.timeout.get();
+        let asked = tokio::time::timeout(timeout, self.ask(route, limiter, who)).await;
+        let answer = asked.unwrap_or(Err(StoreError::Timeout(timeout)));
+        match answer {
+            Ok(decision) => {
+                self.mark(true, None);
+                decision
+            }
+            Err(e) => {
+                metrics::STORE_ERRORS.inc();
+                self.mark(false, Some(&e));
+                self.fallback(route, limiter, who)
+            }
+        }
+    }
+
+    async fn ask(
+        &self,
+        route: &str,
+        limiter: &Limiter,
+        who: &[u8],
+    ) -> Result<Decision, StoreError> {
+        let mut conn = self.conn.get().cloned().ok_or(StoreError::NotConnected)?;
+        let allowed = limiter.allowed.max(1);
+        let window = limiter.config.per.get().as_micros().min(i64::MAX as u128) as i64;
+        let member = format!(
+            "{:x}-{:x}",
+            self.node,
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let (admitted, remaining, wait): (i64, i64, i64) = self
+            .script
+            .key(self.key(route, who))
+            .arg(allowed as i64)
+            .arg(window)
+            .arg(member)
+            .invoke_async(&mut conn)
+            .await?;
+        let result = if admitted == 1 {
+            Ok(remaining.max(0) as u64)
+        } else {
+            Err(Refused::Limited(Limited {
+                retry_after: Duration::from_micros(wait.max(0) as u64),
+            }))
+        };
+        Ok(Decision {
+            allowed: limiter.allowed,
+            result,
+        })
+    }
+
+    /// `prefix` `rl:` route `:` sha256(who): bounded, whatever the client sent.
+    fn key(&self, route: &str, who: &[u8]) -> String {
+        let who = hex::encode(Sha256::digest(who));
+        format!("{}rl:{route}:{who}", self.config.prefix)
+    }
+
+    fn fallback(&self, route: &str, limiter: &Limiter, who: &[u8]) -> Decision {
+        match self.config.on_error {
+            OnStoreError::Allow => Decision {
+                allowed: limiter.allowed,
+                result: Ok(limiter.allowed.max(0) as u64),
+            },
+            OnStoreError::Deny => Decision {
+                allowed: limiter.allowed,
+                result: Err(Refused::Unavailable),
+            },
+            OnStoreError::Local => {
+                let own = self.local_limiter(route, &limiter.config);
+                Decision {
+                    allowed: own.allowed,
+                    result: own.check_who(who).map_err(Refused::Limited),
+                }
+            }
+        }
+    }
+
+    /// This node's share of `config` on `route`, kept while the store lives.
+    fn local_limiter(&self, route: &str, config: &RateLimitConfig) -> Arc<Limiter> {
+        let mut local = self.local.lock();
+        if let Some((_, _, l)) = local.iter().find(|(r, c, _)| r == route && c == config) {
+            return l.clone();
+        }
+        let own = Arc::new(Limiter::share(config, self.config.nodes.unwrap_or(1)));
+        local.retain(|(r, _, _)| r != route);
+        local.push((route.to_string(), config.clone(), own.clone()));
+        own
+    }
+
+    /// Logs each change between reachable and not, once.
+    fn mark(&self, up: bool, why: Option<&StoreError>) {
+        mark(&self.up, up, why);
+    }
+}
+
+fn mark(state: &AtomicBool, up: bool, why: Option<&StoreError>) {
+    if state.swap(up, Ordering::Relaxed) == up {
+        return;
+    }
+    metrics::STORE_UP.set(i64::from(up));
+    match why {
+        None => log::info!("store.redis: reachable, shared limits are counted in Redis"),
+        Some(e) => log::warn!("store.redis: {e}; shared limits follow on_error until it is back"),
+    }
+}
+
+/// Connects with backoff, then keeps the runtime that drives the connection alive until the
+/// store is dropped. The connection manager reconnects on its own after that.
+fn connect_thread(
+    client: redis::Client,
+    conn: Arc<OnceLock<ConnectionManager>>,
+    up: Arc<AtomicBool>,
+    timeout: Duration,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error!("store.redis: cannot start its runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let connect = async {
+            let mut delay = Duration::from_millis(50);
+            let mut first = true;
+            loop {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(timeout.max(Duration::from_millis(500)))
+                    .set_response_timeout(timeout.max(Duration::from_millis(500)))
+                    .set_number_of_retries(0)
+                    .set_max_delay(2000);
+                match ConnectionManager::new_with_config(client.clone(), config).await {
+                    Ok(c) => {
+                        let _ = conn.set(c);
+                        mark(&up, true, None);
+                        return;
+                    }
+                    Err(e) => {
+                        if std::mem::take(&mut first) {
+                            log::warn!("store.redis: cannot connect ({e}); retrying, shared limits follow on_error");
+                        }
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        };
+        let mut stopped = stopped;
+        tokio::select! {
+            _ = connect => {
+                let _ = (&mut stopped).await;
+            }
+            _ = &mut stopped => {}
+        }
+    });
+}

@@ -1,0 +1,255 @@
+//! `rate_limit.shared: true` with a real redis-server: three switchyard processes on one
+//! config file's text share one Redis; Redis paused, stopped and restarted under traffic;
+//! `switchyard fleet` across the nodes.
+
+mod common;
+
+use common::redis_server::Redis;
+use common::{client, free_port, run_cli, wait_until, Proxy, Upstream};
+use std::time::{Duration, Instant};
+
+/// One node: its own folder, admin and HTTP ports, all given through the environment, so
+/// that every node runs the same bytes (and so reports the same config hash).
+struct Node {
+    proxy: Proxy,
+    http: u16,
+}
+
+/// The config every node of a test runs, byte for byte.
+fn fleet_config(redis: &Redis, up: std::net::SocketAddr, on_error: &str) -> String {
+    format!(
+        r#"version: 1
+server:
+  threads: 2
+  pid_file: ${{NODE_DIR}}/switchyard.pid
+  upgrade_sock: ${{NODE_DIR}}/upgrade.sock
+  grace_period_seconds: 1
+  graceful_shutdown_timeout_seconds: 1
+admin:
+  listen: "127.0.0.1:${{ADMIN_PORT}}"
+  api_key: "{key}"
+store:
+  redis: {{url: "{url}", timeout: 50ms, on_error: {on_error}, nodes: 3}}
+listeners:
+  - {{name: http, listen: "127.0.0.1:${{HTTP_PORT}}"}}
+pools:
+  up: {{health_check: {{kind: none}}, backends: [{{address: "{up}"}}]}}
+routes:
+  - name: all
+    match: {{path_prefix: /}}
+    pool: up
+    rate_limit: {{requests: 30, per: 1m, key: "header:x-client", shared: true}}
+"#,
+        key = common::ADMIN_KEY,
+        url = redis.url(),
+    )
+}
+
+async fn start_node(text: &str) -> Node {
+    let mut proxy = Proxy::new();
+    let http = free_port();
+    let dir = proxy.dir.path().display().to_string();
+    proxy.env = vec![
+        ("NODE_DIR".into(), dir),
+        ("ADMIN_PORT".into(), proxy.admin.to_string()),
+        ("HTTP_PORT".into(), http.to_string()),
+    ];
+    proxy.write_raw(text);
+    proxy.spawn().await;
+    let bound = wait_until(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", http))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(bound, "node never listened:\n{}", proxy.stderr());
+    Node { proxy, http }
+}
+
+async fn start_fleet(text: &str) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(start_node(text).await);
+    }
+    nodes
+}
+
+/// One request as client `who` to `node`: its status, `Retry-After` and how long it took.
+async fn ask(node: &Node, who: &str) -> (u16, Option<String>, Duration) {
+    let started = Instant::now();
+    let r = client()
+        .get(format!("http://127.0.0.1:{}/", node.http))
+        .header("x-client", who)
+        .send()
+        .await
+        .expect("an answer");
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (r.status().as_u16(), retry, started.elapsed())
+}
+
+/// `n` concurrent requests as `who`, spread over `nodes` in turn.
+async fn burst(nodes: &[&Node], who: &str, n: usize) -> Vec<(u16, Option<String>, Duration)> {
+    let asks = (0..n).map(|i| ask(nodes[i % nodes.len()], who));
+    futures::future::join_all(asks).await
+}
+
+fn count(answers: &[(u16, Option<String>, Duration)], status: u16) -> usize {
+    answers.iter().filter(|a| a.0 == status).count()
+}
+
+/// Waits until `node` counts in Redis again: requests as fresh clients until the
+/// `switchyard_store_up` gauge is 1.
+async fn wait_store_up(node: &Node) -> bool {
+    let mut probe = 0;
+    wait_until(Duration::from_secs(15), || {
+        probe += 1;
+        let who = format!("probe-{probe}");
+        async move {
+            ask(node, &who).await;
+            node.proxy.metric("switchyard_store_up").await == Some(1.0)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_share_one_limit_and_survive_redis_going_away() {
+    let redis_server = Redis::start().await;
+    let mut redis = redis_server;
+    let up = Upstream::start("up").await;
+    let text = fleet_config(&redis, up.addr, "local");
+    let nodes = start_fleet(&text).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    for n in &nodes {
+        assert!(wait_store_up(n).await, "{}", n.proxy.stderr());
+    }
+
+    // 90 concurrent requests of one client over three nodes: exactly the limit passes.
+    let answers = burst(&all, "alice", 90).await;
+    assert_eq!(count(&answers, 200), 30, "{answers:?}");
+    assert_eq!(count(&answers, 429), 60, "{answers:?}");
+    let refused = answers.iter().find(|a| a.0 == 429).expect("a 429");
+    let retry: u64 = refused
+        .1
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    let r = client()
+        .get(format!("http://127.0.0.1:{}/", nodes[0].http))
+        .header("x-client", "alice")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.headers()["x-ratelimit-limit-requests"], "30");
+    assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
+
+    // Redis paused (slow, connections open): every answer within timeout plus normal
+    // latency, by the node's own share of the limit (30 / nodes 3 = 10).
+    redis.pause(true);
+    let answers = burst(&all[..1], "bob", 15).await;
+    redis.pause(false);
+    let slowest = answers.iter().map(|a| a.2).max().expect("answers");
+    assert!(slowest < Duration::from_millis(800), "slowest {slowest:?}");
+    assert_eq!(count(&answers, 200), 10, "{answers:?}");
+    assert_eq!(count(&answers, 429), 5, "{answers:?}");
+    let node = &nodes[0].proxy;
+    assert!(node.metric("switchyard_store_errors_total").await >= Some(15.0));
+    assert_eq!(node.metric("switchyard_store_up").await, Some(0.0));
+    assert_eq!(node.health().await["redis"], "down");
+    assert!(node.stderr().contains("shared limits follow on_error"));
+
+    // Redis gone (killed): the same, answered at once.
+    redis.stop();
+    let answers = burst(&all[1..2], "carol", 12).await;
+    let slowest = answers.iter().map(|a| a.2).max().expect("answers");
+    assert!(slowest < Duration::from_millis(800), "slowest {slowest:?}");
+    assert_eq!(count(&answers, 200), 10, "{answers:?}");
+
+    // Redis back on the same port, empty: shared counting resumes without a reload. Node
+    // by node (the local share would admit 10 on each): 20 on one, then 20 on another.
+    redis.restart().await;
+    for n in &nodes {
+        assert!(wait_store_up(n).await, "{}", n.proxy.stderr());
+    }
+    let first = burst(&all[..1], "dave", 20).await;
+    let second = burst(&all[1..2], "dave", 20).await;
+    assert_eq!(count(&first, 200), 20, "{first:?}");
+    assert_eq!(count(&second, 200), 10, "{second:?}");
+    assert_eq!(nodes[0].proxy.health().await["redis"], "up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_error_deny_answers_503_at_once() {
+    let mut redis = Redis::start().await;
+    let up = Upstream::start("up").await;
+    let node = start_node(&fleet_config(&redis, up.addr, "deny")).await;
+    assert!(wait_store_up(&node).await, "{}", node.proxy.stderr());
+    let (status, _, _) = ask(&node, "erin").await;
+    assert_eq!(status, 200);
+    let before = up.hits();
+
+    redis.pause(true);
+    let answers = burst(&[&node], "erin", 5).await;
+    redis.pause(false);
+    redis.stop();
+    let gone = burst(&[&node], "erin", 5).await;
+    for (status, retry, took) in answers.iter().chain(&gone) {
+        assert_eq!(*status, 503);
+        assert_eq!(retry.as_deref(), Some("1"));
+        assert!(*took < Duration::from_millis(800), "took {took:?}");
+    }
+    assert_eq!(up.hits(), before, "a denied request reached the backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fleet_compares_the_nodes_hashes() {
+    let redis = Redis::start().await;
+    let up = Upstream::start("up").await;
+    let text = fleet_config(&redis, up.addr, "local");
+    let nodes = start_fleet(&text).await;
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("http://127.0.0.1:{}", n.proxy.admin))
+        .collect();
+    for n in &nodes {
+        assert!(wait_store_up(n).await, "{}", n.proxy.stderr());
+    }
+    let mut args = vec!["fleet"];
+    args.extend(urls.iter().map(String::as_str));
+
+    let (code, out, err) = run_cli(&args, None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("in sync: 3 node(s)"), "{out}");
+    assert_eq!(out.matches("redis up").count(), 3, "{out}");
+    assert_eq!(out.matches("(startup, ok)").count(), 3, "{out}");
+
+    // One node's file changes (and it reloads): the difference is shown, exit non-zero.
+    let changed = format!("{text}# changed on one node\n");
+    let odd = &nodes[2].proxy;
+    odd.write_raw(&changed);
+    let want = common::sha256_hex(changed.as_bytes());
+    let applied = wait_until(Duration::from_secs(10), || async {
+        odd.config_hash().await == want
+    })
+    .await;
+    assert!(applied, "{}", odd.stderr());
+    let (code, out, _) = run_cli(&args, None);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("config hashes differ"), "{out}");
+    assert!(out.contains(&want[..12]), "{out}");
+    assert!(
+        out.contains(&format!("{} on {}", &want[..12], urls[2])),
+        "{out}"
+    );
+
+    // A node that does not answer fails the check too.
+    let gone = format!("http://127.0.0.1:{}", free_port());
+    let (code, out, _) = run_cli(&["fleet", &urls[0], &gone], None);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("unreachable"), "{out}");
+}

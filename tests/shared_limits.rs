@@ -8,6 +8,12 @@ use common::redis_server::Redis;
 use common::{client, free_port, run_cli, wait_until, Proxy, Upstream};
 use std::time::{Duration, Instant};
 
+/// `store.redis.timeout` in the config, plus what a loopback answer may take on a busy CI
+/// machine: the bound on every answer while Redis is paused or gone. The client library's
+/// own response timeout (1 s) is over it, so only the per-decision timeout keeps answers
+/// inside.
+const DECISION_BOUND: Duration = Duration::from_millis(50 + 350);
+
 /// One node: its own folder, admin and HTTP ports, all given through the environment, so
 /// that every node runs the same bytes (and so reports the same config hash).
 struct Node {
@@ -154,7 +160,8 @@ async fn three_nodes_share_one_limit_and_survive_redis_going_away() {
     let answers = burst(&all[..1], "bob", 15).await;
     redis.pause(false);
     let slowest = answers.iter().map(|a| a.2).max().expect("answers");
-    assert!(slowest < Duration::from_millis(800), "slowest {slowest:?}");
+    assert!(slowest < DECISION_BOUND, "slowest {slowest:?}");
+    eprintln!("slowest answer {slowest:?}");
     assert_eq!(count(&answers, 200), 10, "{answers:?}");
     assert_eq!(count(&answers, 429), 5, "{answers:?}");
     let node = &nodes[0].proxy;
@@ -167,7 +174,8 @@ async fn three_nodes_share_one_limit_and_survive_redis_going_away() {
     redis.stop();
     let answers = burst(&all[1..2], "carol", 12).await;
     let slowest = answers.iter().map(|a| a.2).max().expect("answers");
-    assert!(slowest < Duration::from_millis(800), "slowest {slowest:?}");
+    assert!(slowest < DECISION_BOUND, "slowest {slowest:?}");
+    eprintln!("slowest answer {slowest:?}");
     assert_eq!(count(&answers, 200), 10, "{answers:?}");
 
     // Redis back on the same port, empty: shared counting resumes without a reload. Node
@@ -201,7 +209,7 @@ async fn on_error_deny_answers_503_at_once() {
     for (status, retry, took) in answers.iter().chain(&gone) {
         assert_eq!(*status, 503);
         assert_eq!(retry.as_deref(), Some("1"));
-        assert!(*took < Duration::from_millis(800), "took {took:?}");
+        assert!(*took < DECISION_BOUND, "took {took:?}");
     }
     assert_eq!(up.hits(), before, "a denied request reached the backend");
 }

@@ -237,8 +237,9 @@ fn connect_thread(
             let mut first = true;
             loop {
                 let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(timeout.max(Duration::from_millis(500)))
-                    .set_response_timeout(timeout.max(Duration::from_millis(500)))
+                    // Backstops only: every decision has its own `timeout`.
+                    .set_connection_timeout(timeout.max(Duration::from_secs(1)))
+                    .set_response_timeout(timeout.max(Duration::from_secs(1)))
                     .set_number_of_retries(0)
                     .set_max_delay(2000);
                 match ConnectionManager::new_with_config(client.clone(), config).await {

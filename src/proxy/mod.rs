@@ -270,6 +270,11 @@ impl ProxyHttp for Edge {
         if ctx.deadline.is_some_and(|d| Instant::now() > d) {
             return Error::e_explain(HTTPStatus(504), "route timeouts.total passed");
         }
+        if end_of_stream {
+            // The backend is done: its slot goes to the next request (or the queue) before
+            // the client sees the end, not after logging.
+            ctx.attempt.inflight = None;
+        }
         if ctx.openai.on {
             self.observe_openai(body.as_deref(), end_of_stream, ctx);
             if let Some(hider) = ctx.openai.usage_filter.as_mut() {

@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("logsink", 1),
     ("config", 1),
     ("tls", 2),
+    ("proxy_protocol", 2),
     ("runtime", 3),
     ("proxy", 4),
     ("tcp", 4),

@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub router: Router,
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub edge: EdgePolicy,
+    /// The listeners that read a PROXY protocol header first, with the peers they trust.
+    pub proxy_protocol: BTreeMap<String, Vec<IpNet>>,
     pub loaded_at: SystemTime,
 }
 
@@ -67,11 +69,17 @@ impl Snapshot {
             escaped_slashes: c.edge.escaped_slashes,
             min_body_rate: c.edge.min_body_rate,
         };
+        let proxy_protocol = c
+            .listeners
+            .iter()
+            .filter_map(|l| Some((l.name.clone(), nets(&l.proxy_protocol.as_ref()?.trusted))))
+            .collect();
 
         Snapshot {
             router: Router::new(routes),
             pools,
             edge,
+            proxy_protocol,
             loaded_at: SystemTime::now(),
             loaded,
         }

@@ -206,6 +206,7 @@ struct Rig {
     haproxy: Haproxy,
     _backend: HeaderBackend,
     http: SocketAddr,
+    redirect: SocketAddr,
     https: SocketAddr,
     tcp_send_v2: SocketAddr,
 }
@@ -213,8 +214,8 @@ struct Rig {
 async fn rig() -> Rig {
     let upstream = Upstream::start("up").await;
     let backend = HeaderBackend::start().await;
-    let [http, https, tcp_in, tcp_send_v2] =
-        [0; 4].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let [http, https, tcp_in, tcp_send_v2, redirect] =
+        [0; 5].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
     let proxy = Proxy::start(&format!(
         r#"
 listeners:
@@ -225,6 +226,8 @@ listeners:
     proxy_protocol: {{trusted: [127.0.0.1]}}
   - {{name: tcp-in, listen: "{tcp_in}", protocol: tcp, pool: pp,
      proxy_protocol: {{trusted: [127.0.0.1]}}, send_proxy_protocol: v1}}
+  - {{name: redir, listen: "{redirect}", redirect_to_https: 8443,
+     proxy_protocol: {{trusted: [127.0.0.1]}}}}
   - {{name: tcp-send, listen: "{tcp_send_v2}", protocol: tcp, pool: pp, send_proxy_protocol: v2}}
 pools:
   up: {{health_check: {{kind: none}}, backends: [{{address: "{up}"}}]}}
@@ -253,6 +256,7 @@ edge:
         haproxy,
         _backend: backend,
         http,
+        redirect,
         https,
         tcp_send_v2,
     }
@@ -399,6 +403,16 @@ async fn bad_headers_and_untrusted_peers_are_closed_and_counted() {
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
     let seen = r.upstream.last().expect("served");
     assert_eq!(seen.headers["x-forwarded-for"], "192.0.2.7");
+
+    // A redirect listener reads the header too.
+    let (got, _) = raw([127, 0, 0, 1], r.redirect, &good).await;
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 308"),
+        "{got:?}"
+    );
+    let (got, _) = raw([127, 0, 0, 1], r.redirect, get).await;
+    assert!(got.is_empty());
+    assert_eq!(rejected(&r.proxy, "redir", "missing").await, 1.0);
 
     // v2 LOCAL (a balancer's health check): the socket peer is the client.
     let mut local = ppp::v2::Builder::with_addresses(

@@ -12,6 +12,7 @@ pub mod config;
 pub mod handover;
 pub mod logsink;
 pub mod metrics;
+pub mod process_log;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod runtime;

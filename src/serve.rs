@@ -47,6 +47,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let files = |c: &Config| crate::tls::check_files(c, path.parent());
     let loaded = config::load_file(&path, Some(&files))
         .map_err(|e| anyhow::anyhow!("{}", e.render(&path.display().to_string())))?;
+    crate::process_log::configure(loaded.config.server.log_format);
     // Pingora leaves SIGHUP at its default, which ends the process; take it over before any
     // listener is up. The supervisor listens for it once it runs.
     signal_hook::flag::register(

@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 1),
     ("tls", 2),
     ("proxy_protocol", 2),
+    ("process_log", 2),
     ("runtime", 3),
     ("proxy", 4),
     ("tcp", 4),

@@ -52,6 +52,18 @@ pub struct ServerSettings {
     /// its own connections, like nginx's workers, which measured ~7 % less CPU per request.
     #[serde(default)]
     pub work_stealing: bool,
+    /// The process log on stderr (not the access log): `text` lines, or `json` lines for
+    /// journald and log shippers. `--log-format` wins over it.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for ServerSettings {
@@ -64,6 +76,7 @@ impl Default for ServerSettings {
             graceful_shutdown_timeout_seconds: d::graceful_shutdown_timeout(),
             upstream_keepalive_pool_size: d::keepalive_pool(),
             work_stealing: false,
+            log_format: LogFormat::Text,
         }
     }
 }

@@ -15,14 +15,17 @@ pools:
   p:
     passive_health: {consecutive_failures: 5, eject_for: 30s}
     tls: {sni: example.com, verify: true}
+    queue: {max: 10, timeout: 5s}
     backends: [{address: "127.0.0.1:1", models: [m], api_key: k, max_inflight: 2}]
 routes:
   - name: r
     match: {path_prefix: /}
     pool: p
     openai: true
-    auth: {api_keys: [{key: "0123456789abcdef", name: n, models: [m]}]}
+    auth: {api_keys: [{key: "0123456789abcdef", name: n, models: [m], priority: high, tokens_per_minute: 10, tokens_per_day: 100}]}
     rate_limit: {requests: 1, per: 1m}
+    priority: low
+    token_limit: {tokens: 100, per: 1m, key: client_ip}
     cors: {allow_origins: ["https://a.example"]}
   - {name: s, match: {path_prefix: /s}, respond: {status: 200}}
 "#;

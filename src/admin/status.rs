@@ -1,5 +1,6 @@
 //! `GET /status`: what runs, where it came from, and every backend's state.
 
+use crate::config::Priority;
 use crate::runtime::State;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -37,9 +38,24 @@ pub(super) fn status(state: &State) -> Value {
                     })
                 })
                 .collect();
+            let queue = pool.queue.as_ref().map(|q| {
+                let settings = q.settings();
+                let depths = q.depths();
+                let waiting: serde_json::Map<String, Value> = Priority::ALL
+                    .iter()
+                    .zip(depths)
+                    .map(|(p, n)| (p.as_str().to_string(), json!(n)))
+                    .collect();
+                json!({
+                    "max": settings.max,
+                    "timeout": settings.timeout,
+                    "waiting": depths.iter().sum::<usize>(),
+                    "by_priority": waiting,
+                })
+            });
             (
                 name.clone(),
-                json!({ "balance": pool.config.balance, "backends": backends }),
+                json!({ "balance": pool.config.balance, "backends": backends, "queue": queue }),
             )
         })
         .collect();

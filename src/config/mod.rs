@@ -3,6 +3,7 @@
 //! `parse` turns text into a [`Config`] or into every problem found, each with its YAML path
 //! and, where the parser kept it, line and column.
 
+mod admission;
 pub mod diff;
 mod edge;
 mod env;
@@ -14,6 +15,7 @@ pub mod units;
 mod validate;
 pub mod values;
 
+pub use admission::*;
 pub use edge::*;
 pub use env::{process_env, substitute};
 pub use route::*;

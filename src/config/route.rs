@@ -1,5 +1,6 @@
 //! The `routes:` list: what a route matches and the policies it applies.
 
+use super::admission::{Priority, TokenLimitConfig};
 use super::types::d;
 use super::units::{Dur, Size};
 use super::values::{HeaderKey, HeaderText, HostPattern, MethodName, RateLimitKey, RetryOn};
@@ -46,6 +47,12 @@ pub struct RouteConfig {
     /// Per-route override of `edge.security_headers`.
     #[serde(default)]
     pub security_headers: Option<bool>,
+    /// The admission class of the route's requests; a client key's own priority wins.
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Tokens per window, for routes without per-key budgets.
+    #[serde(default)]
+    pub token_limit: Option<TokenLimitConfig>,
 }
 
 /// `requests` per `per` (a fixed window), counted per `key`.
@@ -88,11 +95,33 @@ pub struct AuthConfig {
 }
 
 /// A client key: plain, `${VAR}` or `sha256:<hex>`, optionally named and limited to models.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ApiKey {
     Plain(String),
     Scoped(ScopedKey),
+}
+
+/// A string is a plain key and a mapping a scoped one, each with its own errors (an
+/// untagged enum would only say that nothing matched).
+impl<'de> Deserialize<'de> for ApiKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = ApiKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key, or a mapping with `key`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ApiKey, E> {
+                Ok(ApiKey::Plain(v.to_string()))
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, m: M) -> Result<ApiKey, M::Error> {
+                let de = serde::de::value::MapAccessDeserializer::new(m);
+                ScopedKey::deserialize(de).map(ApiKey::Scoped)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -103,6 +132,13 @@ pub struct ScopedKey {
     pub name: Option<String>,
     #[serde(default)]
     pub models: Vec<String>,
+    /// The admission class of this key's requests (over the route's).
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_day: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]

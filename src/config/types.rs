@@ -209,6 +209,9 @@ pub struct PoolConfig {
     pub dns_refresh: Dur,
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// Wait for a free `max_inflight` slot instead of answering 503 at once.
+    #[serde(default)]
+    pub queue: Option<super::admission::QueueConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]

@@ -229,6 +229,9 @@ pub enum LogField {
     UpstreamMs,
     Tries,
     Error,
+    QueuedMs,
+    Priority,
+    Tokens,
 }
 
 impl LogField {
@@ -252,6 +255,9 @@ impl LogField {
             LogField::UpstreamMs => "upstream_ms",
             LogField::Tries => "tries",
             LogField::Error => "error",
+            LogField::QueuedMs => "queued_ms",
+            LogField::Priority => "priority",
+            LogField::Tokens => "tokens",
         }
     }
 }

@@ -120,8 +120,23 @@ impl Edge {
             return self.reply(session, ctx, answer).await.map(Some);
         }
         ctx.openai.model = Some(model);
-        ctx.body.replay = replay;
+        ctx.body.replay = replay.map(|r| self.with_usage_asked(ctx, r));
         Ok(None)
+    }
+
+    /// A budgeted stream must report its usage: when the client did not ask for it, the body
+    /// asks, and the answer's usage chunk is hidden again.
+    fn with_usage_asked(&self, ctx: &mut Ctx, replay: Replay) -> Replay {
+        if ctx.tokens.budgets.is_empty() {
+            return replay;
+        }
+        match openai::ask_for_usage(&replay.0) {
+            Some(body) => {
+                ctx.openai.hide_usage = true;
+                Replay(body)
+            }
+            None => replay,
+        }
     }
 
     /// Time to first token and token usage, read as the answer streams past.
@@ -147,6 +162,8 @@ impl Edge {
                 metrics::OPENAI_TOKENS
                     .with_label_values(&[label, "completion"])
                     .inc_by(usage.completion);
+                ctx.tokens.used = Some(usage.prompt + usage.completion);
+                super::limits::charge(ctx);
             }
         }
     }

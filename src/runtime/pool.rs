@@ -6,6 +6,7 @@
 //! surviving backend keeps its health state and the balancer its position.
 
 use super::health::{self, HealthTable};
+use super::queue::Queue;
 use crate::config::{BackendConfig, Balance, HealthCheckConfig, PoolConfig, UpstreamTlsSettings};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -83,12 +84,16 @@ impl Member {
     }
 }
 
-/// Holds one unit of a backend's in-flight count until dropped.
-pub struct InflightGuard(Arc<BackendStats>);
+/// Holds one unit of a backend's in-flight count until dropped; dropping it offers the
+/// slot to the pool's queue, if it has one.
+pub struct InflightGuard {
+    stats: Arc<BackendStats>,
+    queue: Option<Arc<Queue>>,
+}
 
 impl InflightGuard {
     /// Takes one of `member`'s `max_inflight` slots, atomically; `None` when it is full.
-    pub fn reserve(member: &Member) -> Option<Self> {
+    fn reserve(member: &Member, queue: Option<&Arc<Queue>>) -> Option<Self> {
         let max = member.meta.max_inflight.unwrap_or(usize::MAX);
         member
             .stats
@@ -97,13 +102,21 @@ impl InflightGuard {
                 (n < max).then_some(n + 1)
             })
             .ok()?;
-        Some(InflightGuard(member.stats.clone()))
+        Some(InflightGuard {
+            stats: member.stats.clone(),
+            queue: queue.cloned(),
+        })
     }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        // SeqCst pairs with the queue's count: either this release sees a request that just
+        // queued, or that request's own dispatch sees the freed slot.
+        self.stats.inflight.fetch_sub(1, Ordering::SeqCst);
+        if let Some(q) = &self.queue {
+            q.dispatch();
+        }
     }
 }
 
@@ -257,6 +270,8 @@ pub struct Pool {
     pub lb: Arc<LbHandle>,
     pub hash_on: Option<HashOn>,
     tls: Option<UpstreamTlsSettings>,
+    /// `queue:`; kept across reloads by a pool of the same name.
+    pub queue: Option<Arc<Queue>>,
 }
 
 impl Pool {
@@ -283,12 +298,22 @@ impl Pool {
             crate::metrics::set_backend_ejected(name, &addr, m.stats.is_ejected());
             crate::metrics::CONNECT_FAILURES.with_label_values(&[name, addr.as_str()]);
         }
+        let queue = config
+            .queue
+            .map(|settings| match previous.and_then(|p| p.queue.clone()) {
+                Some(q) => {
+                    q.configure(settings);
+                    q
+                }
+                None => Arc::new(Queue::new(name, settings)),
+            });
         Pool {
             name: name.to_string(),
             config: config.clone(),
             lb,
             hash_on: config.hash_on.clone(),
             tls,
+            queue,
         }
     }
 
@@ -339,7 +364,7 @@ impl Pool {
         let mut full: Vec<SocketAddr> = Vec::new();
         loop {
             let member = self.select(key, model, |a| !full.contains(a) && accept(a))?;
-            if let Some(slot) = InflightGuard::reserve(&member) {
+            if let Some(slot) = InflightGuard::reserve(&member, self.queue.as_ref()) {
                 return Ok((member, slot));
             }
             // Filled up between the check and the reservation: try another one.

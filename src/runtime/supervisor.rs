@@ -107,6 +107,7 @@ impl Supervisor {
         let now = Instant::now();
         for pool in snapshot.pools.values() {
             let lb = pool.lb.clone();
+            let queue = pool.queue.clone();
             let Some(every) = lb.check_every else {
                 continue;
             };
@@ -120,6 +121,10 @@ impl Supervisor {
             tokio::spawn(async move {
                 lb.balancer.backends().run_health_check(true).await;
                 lb.checking.store(false, Ordering::Release);
+                // A backend that came back has room for the waiting requests.
+                if let Some(q) = queue {
+                    q.dispatch();
+                }
             });
         }
     }

@@ -3,7 +3,7 @@
 use super::types::*;
 use super::values::{Cidr, HashOn};
 use super::Problem;
-use super::{EdgeConfig, TlsVersion};
+use super::{EdgeConfig, QueueConfig, TlsVersion};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
@@ -48,6 +48,8 @@ pub fn check_host_port(text: &str) -> Result<(), String> {
 /// The largest backend weight. The balancers hold one slot per unit of weight (160 ring
 /// points each for consistent hashing), so an unbounded weight is an unbounded allocation.
 pub(super) const MAX_WEIGHT: usize = 256;
+/// The most requests one pool's queue holds (each waiting request holds its body).
+const MAX_QUEUE: usize = 100_000;
 
 mod routes;
 
@@ -236,6 +238,24 @@ impl Validator {
         }
     }
 
+    /// A queue waits for a `max_inflight` slot, so at least one backend must have a limit.
+    fn queue(&mut self, p: &str, q: &QueueConfig, pool: &PoolConfig) {
+        if q.max == 0 {
+            self.err(format!("{p}.max"), "must be at least 1");
+        } else if q.max > MAX_QUEUE {
+            self.err(format!("{p}.max"), format!("must be at most {MAX_QUEUE}"));
+        }
+        if q.timeout.get().is_zero() {
+            self.err(format!("{p}.timeout"), "must be more than 0");
+        }
+        if pool.backends.iter().all(|b| b.max_inflight.is_none()) {
+            self.err(
+                p,
+                "a queue waits for a free max_inflight slot: set max_inflight on the backends",
+            );
+        }
+    }
+
     fn pool(&mut self, name: &str, pool: &PoolConfig) {
         let p = format!("pools.{name}");
         if name.is_empty() {
@@ -253,6 +273,9 @@ impl Validator {
             _ => {}
         }
         self.health_check(&format!("{p}.health_check"), &pool.health_check);
+        if let Some(q) = &pool.queue {
+            self.queue(&format!("{p}.queue"), q, pool);
+        }
         if let Some(ph) = &pool.passive_health {
             if ph.consecutive_failures == 0 {
                 self.err(

@@ -6,6 +6,9 @@ use crate::config::values::RateLimitKey;
 use crate::config::{ApiKey, AuthConfig, CorsConfig, RateLimitConfig, RouteConfig, RouteMatch};
 use std::collections::HashSet;
 
+const NEEDS_OPENAI: &str =
+    "token budgets count the usage that OpenAI-compatible backends report: set openai: true";
+
 impl Validator {
     pub(super) fn routes(&mut self, c: &Config) {
         let mut names = HashSet::new();
@@ -49,6 +52,7 @@ impl Validator {
                     );
                 }
             }
+            self.token_limits(&p, r);
             if r.respond.is_some() {
                 self.respond_only(&p, r);
             }
@@ -84,6 +88,8 @@ impl Validator {
             ("request_headers", !r.request_headers.is_empty()),
             ("timeouts.read", r.timeouts.read.is_some()),
             ("timeouts.total", r.timeouts.total.is_some()),
+            ("priority", r.priority.is_some()),
+            ("token_limit", r.token_limit.is_some()),
             (
                 "timeouts.websocket_idle",
                 r.timeouts.websocket_idle.is_some(),
@@ -105,6 +111,43 @@ impl Validator {
         }
         if rl.per.get() < std::time::Duration::from_secs(1) {
             self.err(format!("{p}.per"), "must be at least 1s");
+        }
+    }
+
+    /// Token budgets count the usage OpenAI-compatible backends report, so they need
+    /// `openai: true`; an `api_key` count needs the route's keys.
+    fn token_limits(&mut self, p: &str, r: &RouteConfig) {
+        let keys = r.auth.iter().flat_map(|a| a.api_keys.iter());
+        for (i, k) in keys.enumerate() {
+            let ApiKey::Scoped(k) = k else { continue };
+            for (name, v) in [
+                ("tokens_per_minute", k.tokens_per_minute),
+                ("tokens_per_day", k.tokens_per_day),
+            ] {
+                let at = format!("{p}.auth.api_keys[{i}].{name}");
+                match v {
+                    Some(0) => self.err(at, "must be at least 1"),
+                    Some(_) if !r.openai => self.err(at, NEEDS_OPENAI),
+                    _ => {}
+                }
+            }
+        }
+        let Some(tl) = &r.token_limit else { return };
+        let at = format!("{p}.token_limit");
+        if tl.tokens == 0 {
+            self.err(format!("{at}.tokens"), "must be at least 1");
+        }
+        if tl.per.get() < std::time::Duration::from_secs(1) {
+            self.err(format!("{at}.per"), "must be at least 1s");
+        }
+        if tl.key == RateLimitKey::ApiKey && r.auth.is_none() {
+            self.err(
+                format!("{at}.key"),
+                "api_key counts the keys that pass the route's auth: add auth, or count by client_ip",
+            );
+        }
+        if !r.openai && r.respond.is_none() {
+            self.err(at, NEEDS_OPENAI);
         }
     }
 

@@ -1,7 +1,7 @@
 //! Client API keys of a route: `Authorization: Bearer KEY` or `X-API-Key: KEY`, compared as
 //! sha256 digests in constant time. A key may be limited to some models.
 
-use crate::config::ApiKey;
+use crate::config::{ApiKey, Priority};
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -12,13 +12,16 @@ pub struct ClientKey {
     pub name: Option<String>,
     /// Empty = every model.
     pub models: Vec<String>,
+    pub priority: Option<Priority>,
+    pub tokens_per_minute: Option<u64>,
+    pub tokens_per_day: Option<u64>,
 }
 
 impl ClientKey {
     pub fn compile(k: &ApiKey) -> Option<ClientKey> {
-        let (key, name, models) = match k {
-            ApiKey::Plain(k) => (k.as_str(), None, Vec::new()),
-            ApiKey::Scoped(s) => (s.key.as_str(), s.name.clone(), s.models.clone()),
+        let (key, scoped) = match k {
+            ApiKey::Plain(k) => (k.as_str(), None),
+            ApiKey::Scoped(s) => (s.key.as_str(), Some(s)),
         };
         let digest = match key.strip_prefix("sha256:") {
             Some(hex) => hex::decode(hex).ok()?.try_into().ok()?,
@@ -26,14 +29,25 @@ impl ClientKey {
         };
         Some(ClientKey {
             digest,
-            name,
-            models,
+            name: scoped.and_then(|s| s.name.clone()),
+            models: scoped.map(|s| s.models.clone()).unwrap_or_default(),
+            priority: scoped.and_then(|s| s.priority),
+            tokens_per_minute: scoped.and_then(|s| s.tokens_per_minute),
+            tokens_per_day: scoped.and_then(|s| s.tokens_per_day),
         })
     }
 
     /// What identifies the key in counters: its SHA-256, never the secret.
     pub fn id(&self) -> &[u8; 32] {
         &self.digest
+    }
+
+    /// Who this key is when requests take turns: its name, else the start of its digest.
+    pub fn tenant(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => hex::encode(&self.digest[..8]),
+        }
     }
 
     pub fn allows(&self, model: &str) -> bool {

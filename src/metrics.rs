@@ -91,6 +91,15 @@ metric!(TOKEN_LIMITED: IntCounterVec = register_int_counter_vec!(
     "switchyard_token_limited_total", "Requests refused with 429 because a token budget was spent.",
     &["route"]));
 
+metric!(BACKEND_LOAD_READABLE: IntGaugeVec = register_int_gauge_vec!(
+    "switchyard_backend_load_readable",
+    "1 while least_load reads the backend's own metrics; 0: balanced on its in-flight count.",
+    &["pool", "backend"]));
+metric!(OPENAI_FALLBACKS: IntCounterVec = register_int_counter_vec!(
+    "switchyard_openai_fallbacks_total",
+    "Requests sent to a fallback model because no backend could take the requested one.",
+    &["route", "from", "to"]));
+
 /// The reasons of `switchyard_queue_rejected_total`.
 pub const QUEUE_REJECT_REASONS: [&str; 4] = ["full", "timeout", "gone", "closed"];
 

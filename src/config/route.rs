@@ -1,6 +1,7 @@
 //! The `routes:` list: what a route matches and the policies it applies.
 
 use super::admission::{Priority, TokenLimitConfig};
+use super::placement::OpenAiSetting;
 use super::types::d;
 use super::units::{Dur, Size};
 use super::values::{HeaderKey, HeaderText, HostPattern, MethodName, RateLimitKey, RetryOn};
@@ -17,9 +18,10 @@ pub struct RouteConfig {
     pub pool: Option<String>,
     #[serde(default)]
     pub respond: Option<Respond>,
-    /// Model-aware routing, `/v1/models`, OpenAI-shaped errors and token metrics.
+    /// Model-aware routing, `/v1/models`, OpenAI-shaped errors and token metrics; with a
+    /// mapping, model aliases and fallbacks too.
     #[serde(default)]
-    pub openai: bool,
+    pub openai: OpenAiSetting,
     #[serde(default)]
     pub auth: Option<AuthConfig>,
     #[serde(default)]

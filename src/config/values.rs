@@ -232,6 +232,8 @@ pub enum LogField {
     QueuedMs,
     Priority,
     Tokens,
+    Model,
+    FallbackFrom,
 }
 
 impl LogField {
@@ -258,6 +260,8 @@ impl LogField {
             LogField::QueuedMs => "queued_ms",
             LogField::Priority => "priority",
             LogField::Tokens => "tokens",
+            LogField::Model => "model",
+            LogField::FallbackFrom => "fallback_from",
         }
     }
 }

@@ -68,6 +68,9 @@ pub(super) struct BodyState {
     pub(super) held: Option<Held>,
     /// A body read before choosing the backend, replayed in full to it.
     pub(super) replay: Option<Replay>,
+    /// The replayed body is not the client's (a model or `stream_options` rewritten): its
+    /// length is sent anew.
+    pub(super) rewritten: bool,
     /// When the request body must be complete (`edge.body_timeout`).
     pub(super) deadline: Option<Instant>,
 }
@@ -87,6 +90,8 @@ pub(super) struct Tokens {
     pub(super) budgets: Vec<crate::runtime::policy::budget::Budget>,
     /// Prompt and completion tokens of the answer's `usage`.
     pub(super) used: Option<u64>,
+    /// Taken from the budgets when the body was read; settled at the end.
+    pub(super) reserved: i64,
     pub(super) charged: bool,
 }
 
@@ -94,7 +99,14 @@ pub(super) struct Tokens {
 #[derive(Default)]
 pub(super) struct OpenAi {
     pub(super) on: bool,
+    /// The model the request is sent for now (after aliases and fallbacks).
     pub(super) model: Option<String>,
+    /// The model it asked for, aliases resolved: where its fallback chain starts.
+    pub(super) first: Option<String>,
+    /// The start of its prompt, for `affinity: {key: prompt_prefix}`.
+    pub(super) prefix_key: Option<Vec<u8>>,
+    /// A fallback model was taken because no backend could take the one before.
+    pub(super) fell_back: bool,
     pub(super) usage: Option<UsageScanner>,
     pub(super) first_byte: bool,
     /// The stream's usage chunk was asked for by switchyard, not the client: it is removed.

@@ -139,8 +139,7 @@ impl ProxyHttp for Edge {
         {
             req.insert_header(http::header::AUTHORIZATION, value)?;
         }
-        if let (true, Some(replay)) = (ctx.openai.hide_usage, &ctx.body.replay) {
-            // The body was rewritten to ask for the stream's usage.
+        if let (true, Some(replay)) = (ctx.body.rewritten, &ctx.body.replay) {
             req.remove_header(&http::header::TRANSFER_ENCODING);
             req.insert_header(http::header::CONTENT_LENGTH, replay.0.len().to_string())?;
         }
@@ -210,6 +209,9 @@ impl ProxyHttp for Edge {
         if retry::retry_on_status(session, ctx, &route, pool, &member, status) {
             return Error::e_explain(HTTPStatus(status), "retry_on: trying another backend");
         }
+        if (status == 429 || status >= 500) && retry::fall_back(ctx, status) {
+            return Error::e_explain(HTTPStatus(status), "falling back to the next model");
+        }
         if ctx.openai.on {
             let ct = resp
                 .headers
@@ -236,6 +238,9 @@ impl ProxyHttp for Edge {
         resp.insert_header(request_id::HEADER, ctx.client.request_id.as_str())?;
         for (name, value) in &ctx.client.limit_headers {
             resp.insert_header(name.clone(), value.clone())?;
+        }
+        if let (true, Some(model)) = (ctx.openai.on, &ctx.openai.model) {
+            resp.insert_header(gateway::MODEL_HEADER, model.as_str())?;
         }
         if let Some(tls) = ctx.security(self.listener.tls) {
             headers::security(resp, tls)?;
@@ -287,6 +292,7 @@ impl ProxyHttp for Edge {
             413 => "request body too large",
             503 => match ctx.queue.refused {
                 Some(Refused::Full) => "every backend is busy and the queue is full, retry later",
+                Some(Refused::Closed) => "the pool's queue was removed by a reload, retry",
                 Some(_) => "every backend stayed busy while the request waited, retry later",
                 None if ctx.attempt.all_full => "every backend is busy, retry later",
                 None => "no healthy backend",
@@ -338,7 +344,10 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        limits::charge(ctx);
+        limits::charge(
+            ctx,
+            Some((session.body_bytes_read(), session.body_bytes_sent())),
+        );
         if let Some(guard) = session.as_downstream().stream().and_then(HeadGuard::of) {
             guard.rearm();
         }
@@ -382,6 +391,12 @@ impl ProxyHttp for Edge {
             queued_ms: ctx.queue.waited.map(|d| d.as_secs_f64() * 1000.0),
             priority: ctx.queue.priority.map(|p| p.as_str()),
             tokens: ctx.tokens.used,
+            model: ctx.openai.model.as_deref(),
+            fallback_from: ctx
+                .openai
+                .first
+                .as_deref()
+                .filter(|first| ctx.openai.model.as_deref() != Some(*first)),
         };
         let fields = ctx
             .snapshot

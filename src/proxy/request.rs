@@ -63,7 +63,7 @@ impl Edge {
             return self.reply(session, ctx, Reply::text(404, "no route")).await;
         };
         ctx.route = Some(route.clone());
-        ctx.openai.on = route.config.openai;
+        ctx.openai.on = route.config.openai.is_on();
         if let Some(done) = self.route_policies(session, ctx, &route).await? {
             return Ok(done);
         }

@@ -4,6 +4,8 @@
 
 use super::admission;
 use super::context::Ctx;
+use super::retry;
+use crate::config::AffinityKey;
 use crate::metrics;
 use crate::runtime::pool::{client_ip_key, InflightGuard, Member, NoBackend, Pool};
 use crate::runtime::queue::{Queue, Refused};
@@ -23,27 +25,38 @@ pub(super) async fn choose_peer(session: &mut Session, ctx: &mut Ctx) -> Result<
         .pool()
         .cloned()
         .ok_or_else(|| Error::explain(InternalError, "route has no pool"))?;
-    let (member, slot) = match pick(session, ctx, &pool) {
-        Pick::Chosen(chosen) => chosen,
-        Pick::Queue(queue, key) => {
-            match admission::wait_for_slot(session, ctx, &route, &queue, key).await {
-                Ok(chosen) => chosen,
-                Err(Refused::Gone) => {
-                    return Err(Error::explain(
-                        ConnectionClosed,
-                        "the client left while its request waited in the queue",
-                    )
-                    .into_down())
-                }
-                Err(why) => {
-                    ctx.attempt.all_full = true;
-                    ctx.queue.refused = Some(why);
-                    let msg = format!("pool {}: queue {}", pool.name, why.as_str());
-                    return Error::e_explain(HTTPStatus(503), msg);
+    let (member, slot) = loop {
+        let failed = match pick(session, ctx, &pool) {
+            Pick::Chosen(chosen) => break chosen,
+            Pick::Queue(queue, key) => {
+                match admission::wait_for_slot(session, ctx, &route, &queue, key).await {
+                    Ok(chosen) => break chosen,
+                    Err(Refused::Gone) => {
+                        return Err(Error::explain(
+                            ConnectionClosed,
+                            "the client left while its request waited in the queue",
+                        )
+                        .into_down())
+                    }
+                    Err(why) => Failed::Queue(why),
                 }
             }
+            Pick::None(why) => Failed::Now(why),
+        };
+        // No backend can take this model: the next one of its fallback chain may.
+        if ctx.attempt.retrying_status.is_none() && retry::fall_back(ctx, 0) {
+            ctx.openai.fell_back = true;
+            continue;
         }
-        Pick::None(why) => return no_backend(ctx, &pool, why),
+        return match failed {
+            Failed::Now(why) => no_backend(ctx, &pool, why),
+            Failed::Queue(why) => {
+                ctx.attempt.all_full = true;
+                ctx.queue.refused = Some(why);
+                let msg = format!("pool {}: queue {}", pool.name, why.as_str());
+                Error::e_explain(HTTPStatus(503), msg)
+            }
+        };
     };
     ctx.attempt.retrying_status = None;
     if ctx.attempt.tries > 0 {
@@ -73,6 +86,11 @@ pub(super) async fn choose_peer(session: &mut Session, ctx: &mut Ctx) -> Result<
     Ok(Box::new(peer))
 }
 
+enum Failed {
+    Now(NoBackend),
+    Queue(Refused),
+}
+
 enum Pick {
     Chosen((Member, InflightGuard)),
     /// Wait in the pool's queue, with the request's hash key.
@@ -84,15 +102,25 @@ enum Pick {
 /// already (a new request does not jump the line). Retries never queue.
 fn pick(session: &Session, ctx: &Ctx, pool: &Pool) -> Pick {
     let mut buf = [0u8; 16];
-    let key = match &pool.hash_on {
-        Some(how) => hash_key(how, session.req_header(), &ctx.client.ip, &mut buf),
-        None => b"",
+    let key = match (&pool.config.affinity, &pool.hash_on) {
+        (Some(a), _) => affinity_key(&a.key, session.req_header(), ctx),
+        (None, Some(how)) => hash_key(how, session.req_header(), &ctx.client.ip, &mut buf),
+        (None, None) => b"",
     };
-    let queue = pool.queue.as_ref().filter(|_| ctx.attempt.tries == 0);
-    if let Some(q) = queue.filter(|q| q.waiting() > 0) {
-        return Pick::Queue(q.clone(), key.to_vec());
-    }
+    // Retries and fallbacks take what is free now.
+    let queue = pool
+        .queue
+        .as_ref()
+        .filter(|_| ctx.attempt.tries == 0 && !ctx.openai.fell_back);
     let tried = &ctx.attempt.tried;
+    if let Some(q) = queue.filter(|q| q.waiting() > 0) {
+        // Others wait: take a place, unless no usable backend serves the model at all.
+        let model = ctx.openai.model.as_deref();
+        return match pool.select(key, model, |a| !tried.contains(a)) {
+            Err(NoBackend::Unavailable) => Pick::None(NoBackend::Unavailable),
+            _ => Pick::Queue(q.clone(), key.to_vec()),
+        };
+    }
     let chosen = pool.select_reserved(key, ctx.openai.model.as_deref(), |a| !tried.contains(a));
     match (chosen, queue) {
         (Ok(chosen), _) => Pick::Chosen(chosen),
@@ -117,6 +145,14 @@ fn no_backend(ctx: &mut Ctx, pool: &Pool, why: NoBackend) -> Result<Box<HttpPeer
         NoBackend::Unavailable => format!("pool {}: no healthy backend", pool.name),
     };
     Error::e_explain(HTTPStatus(503), msg)
+}
+
+/// What `affinity` keeps together for this request: the start of its prompt, or a header.
+fn affinity_key<'a>(key: &AffinityKey, req: &'a RequestHeader, ctx: &'a Ctx) -> &'a [u8] {
+    match key {
+        AffinityKey::PromptPrefix => ctx.openai.prefix_key.as_deref().unwrap_or(b""),
+        AffinityKey::Header(name) => req.headers.get(name).map_or(&b""[..], |v| v.as_bytes()),
+    }
 }
 
 /// The bytes a `consistent_hash` pool hashes for this request.

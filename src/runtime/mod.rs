@@ -1,6 +1,8 @@
 //! The running state: the current snapshot behind one `ArcSwap`, and how it is replaced.
 
 mod health;
+pub mod load;
+pub mod placement;
 pub mod policy;
 pub mod pool;
 pub mod queue;

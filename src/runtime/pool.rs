@@ -6,6 +6,8 @@
 //! surviving backend keeps its health state and the balancer its position.
 
 use super::health::{self, HealthTable};
+use super::load::{self, LoadState};
+use super::placement::{self, Candidate, Ring};
 use super::queue::Queue;
 use crate::config::{BackendConfig, Balance, HealthCheckConfig, PoolConfig, UpstreamTlsSettings};
 use arc_swap::ArcSwap;
@@ -55,6 +57,8 @@ pub struct BackendStats {
     pub failures: AtomicU32,
     /// Until when (ms since the process's start) passive health keeps it out; 0 = not ejected.
     ejected_until: AtomicU64,
+    /// The engine's own load, for `least_load`.
+    pub load: LoadState,
 }
 
 impl BackendStats {
@@ -178,7 +182,9 @@ impl Balancer {
         match balance {
             Balance::Random => Balancer::Random(lb(backends)),
             Balance::ConsistentHash => Balancer::Consistent(lb(backends)),
-            Balance::RoundRobin | Balance::LeastRequests => Balancer::RoundRobin(lb(backends)),
+            Balance::RoundRobin | Balance::LeastRequests | Balance::LeastLoad => {
+                Balancer::RoundRobin(lb(backends))
+            }
         }
     }
 
@@ -213,7 +219,12 @@ pub struct LbHandle {
     pub check_every: Option<Duration>,
     pub next_check: Mutex<Instant>,
     pub checking: std::sync::atomic::AtomicBool,
+    /// When `least_load` reads the engines' metrics next, and whether a read is running.
+    pub next_scrape: Mutex<Instant>,
+    pub scraping: std::sync::atomic::AtomicBool,
     stats: Mutex<HashMap<SocketAddr, Arc<BackendStats>>>,
+    /// The `affinity` ring of the current members.
+    ring: ArcSwap<Ring>,
 }
 
 impl LbHandle {
@@ -235,6 +246,8 @@ impl LbHandle {
     /// Stores a new member list and rebuilds the selector. Health of kept members survives.
     pub async fn set_members(&self, mut members: Vec<Member>) {
         self.attach_counters(&mut members);
+        let ring = Ring::new(members.iter().map(|m| (m.addr, m.meta.weight)));
+        self.ring.store(Arc::new(ring));
         self.members.store(Arc::new(members));
         if let Err(e) = self.balancer.update().await {
             log::error!("cannot update the balancer: {e}");
@@ -289,7 +302,12 @@ impl Pool {
                 p.lb.set_members(members).await;
                 p.lb.clone()
             }
-            None => Arc::new(new_handle(name, config, key, members).await),
+            // New balancing: fresh health state, but the same in-flight counters, so requests
+            // still running hold their slots against the new balancer too.
+            None => {
+                let counters = previous.map(|p| p.lb.stats.lock().clone());
+                Arc::new(new_handle(name, config, key, members, counters).await)
+            }
         };
         for m in lb.members().iter() {
             let addr = m.addr.to_string();
@@ -329,20 +347,32 @@ impl Pool {
         let usable = |m: &Member| {
             !m.meta.drain && !m.stats.is_ejected() && m.meta.serves(model) && accept(&m.addr)
         };
-        let chosen = if self.config.balance == Balance::LeastRequests {
-            self.least_requests(&members, |m| usable(m) && m.has_room())
-        } else {
-            let find = |addr: &SocketAddr| members.iter().find(|m| m.addr == *addr);
-            self.lb
-                .balancer
-                .select_with(key, |b, healthy| {
-                    healthy
-                        && b.addr
-                            .as_inet()
-                            .and_then(find)
-                            .is_some_and(|m| usable(m) && m.has_room())
-                })
-                .and_then(|b| b.addr.as_inet().and_then(find).cloned())
+        let ok = |m: &Member| usable(m) && m.has_room();
+        let chosen = match (&self.config.affinity, self.config.balance) {
+            (Some(affinity), balance) if !key.is_empty() => {
+                let candidates = self.candidates(&members, ok);
+                let ring = self.lb.ring.load();
+                let least_load = balance == Balance::LeastLoad;
+                let hash = placement::key_hash(key);
+                placement::bounded(
+                    &ring,
+                    hash,
+                    affinity.max_load_factor,
+                    least_load,
+                    candidates,
+                )
+            }
+            (_, Balance::LeastLoad) => placement::least_loaded(self.candidates(&members, ok)),
+            (_, Balance::LeastRequests) => self.least_requests(&members, ok),
+            _ => {
+                let find = |addr: &SocketAddr| members.iter().find(|m| m.addr == *addr);
+                self.lb
+                    .balancer
+                    .select_with(key, |b, healthy| {
+                        healthy && b.addr.as_inet().and_then(find).is_some_and(ok)
+                    })
+                    .and_then(|b| b.addr.as_inet().and_then(find).cloned())
+            }
         };
         chosen.ok_or_else(|| {
             if members.iter().any(|m| usable(m) && self.is_healthy(m)) {
@@ -373,6 +403,28 @@ impl Pool {
                 return Err(NoBackend::AllFull);
             }
         }
+    }
+
+    /// The healthy members `ok` accepts, with the load placement compares: the engine's own
+    /// (`least_load`), else requests in flight per unit of weight.
+    fn candidates(
+        &self,
+        members: &[Member],
+        ok: impl Fn(&Member) -> bool,
+    ) -> Vec<Candidate<Member>> {
+        let interval = self.config.load.as_ref().map(|l| l.interval.get());
+        members
+            .iter()
+            .filter(|m| ok(m) && self.is_healthy(m))
+            .map(|m| Candidate {
+                addr: m.addr,
+                load: match interval {
+                    Some(every) => load::score(m, every),
+                    None => m.stats.inflight.load(Ordering::Relaxed) as f64 / m.meta.weight as f64,
+                },
+                item: m.clone(),
+            })
+            .collect()
     }
 
     /// Power of two choices: of two random healthy candidates, the one with fewer requests
@@ -505,8 +557,17 @@ fn host_of(address: &str) -> &str {
         .unwrap_or(address)
 }
 
-async fn new_handle(name: &str, config: &PoolConfig, key: LbKey, members: Vec<Member>) -> LbHandle {
-    let handle = build_handle(name, config, key).await;
+async fn new_handle(
+    name: &str,
+    config: &PoolConfig,
+    key: LbKey,
+    members: Vec<Member>,
+    counters: Option<HashMap<SocketAddr, Arc<BackendStats>>>,
+) -> LbHandle {
+    let mut handle = build_handle(name, config, key).await;
+    if let Some(c) = counters {
+        handle.stats = Mutex::new(c);
+    }
     handle.set_members(members).await;
     handle
 }
@@ -539,7 +600,10 @@ async fn build_handle(name: &str, config: &PoolConfig, key: LbKey) -> LbHandle {
         check_every,
         next_check: Mutex::new(Instant::now()),
         checking: Default::default(),
+        next_scrape: Mutex::new(Instant::now()),
+        scraping: Default::default(),
         stats: Default::default(),
+        ring: Default::default(),
     }
 }
 

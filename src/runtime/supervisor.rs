@@ -78,6 +78,8 @@ impl BackgroundService for Supervisor {
                         let _ = self.state.reload(Source::File, true).await;
                     }
                     self.run_due_checks();
+                    self.run_due_scrapes();
+                    self.dispatch_queues();
                     self.refresh_dns(&mut dns_due).await;
                 }
             }
@@ -125,6 +127,40 @@ impl Supervisor {
                 if let Some(q) = queue {
                     q.dispatch();
                 }
+            });
+        }
+    }
+
+    /// Gives free slots to waiting requests even when no release said so: a slot taken
+    /// before a reload added the queue, an ejection that ended, a DNS refresh that added a
+    /// backend.
+    fn dispatch_queues(&self) {
+        for pool in self.state.snapshot().pools.values() {
+            if let Some(q) = &pool.queue {
+                q.dispatch();
+            }
+        }
+    }
+
+    /// Reads the engines' load metrics of every `least_load` pool whose interval has come.
+    fn run_due_scrapes(&self) {
+        let snapshot = self.state.snapshot();
+        let now = Instant::now();
+        for pool in snapshot.pools.values() {
+            let Some(load) = &pool.config.load else {
+                continue;
+            };
+            {
+                let mut next = pool.lb.next_scrape.lock();
+                if *next > now || pool.lb.scraping.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                *next = now + load.interval.get();
+            }
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                super::load::scrape(&pool).await;
+                pool.lb.scraping.store(false, Ordering::Release);
             });
         }
     }

@@ -59,6 +59,8 @@ pub struct Knobs {
     /// When set, each completion waits for a permit of `gate` before it answers.
     pub gated: std::sync::atomic::AtomicBool,
     pub gate: tokio::sync::Semaphore,
+    /// What `GET /metrics` answers (an engine's Prometheus text); `None`: 404.
+    pub metrics: Mutex<Option<String>>,
 }
 
 impl Knobs {
@@ -82,6 +84,7 @@ impl Default for Knobs {
             over_limit: AtomicUsize::new(0),
             gated: Default::default(),
             gate: tokio::sync::Semaphore::new(0),
+            metrics: Mutex::new(None),
         }
     }
 }
@@ -190,6 +193,16 @@ async fn handle(req: Request<Incoming>, s: Arc<Server>) -> Result<Response<Body>
     let path = req.uri().path().to_string();
     if path == "/health" {
         return Ok(json_response(200, json!({"status": "ok"})));
+    }
+    if path == "/metrics" {
+        let text = s.knobs.metrics.lock().expect("metrics").clone();
+        return Ok(match text {
+            Some(t) => Response::builder()
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(t)).boxed())
+                .expect("response"),
+            None => json_response(404, json!({"error": "no metrics"})),
+        });
     }
     if path == "/v1/models" {
         let data: Vec<Value> = s

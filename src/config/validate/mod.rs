@@ -49,7 +49,7 @@ pub fn check_host_port(text: &str) -> Result<(), String> {
 /// points each for consistent hashing), so an unbounded weight is an unbounded allocation.
 pub(super) const MAX_WEIGHT: usize = 256;
 /// The most requests one pool's queue holds (each waiting request holds its body).
-const MAX_QUEUE: usize = 100_000;
+const MAX_QUEUE: usize = 10_000;
 
 mod routes;
 
@@ -256,6 +256,51 @@ impl Validator {
         }
     }
 
+    /// `least_load` reads `load`, `load` is only read by `least_load`, and `affinity`
+    /// replaces the key of `consistent_hash`.
+    fn placement(&mut self, p: &str, pool: &PoolConfig) {
+        match (pool.balance, &pool.load) {
+            (Balance::LeastLoad, None) => self.err(
+                format!("{p}.load"),
+                "least_load reads the engines' metrics: give load: {engine: vllm} (or the metric names)",
+            ),
+            (Balance::LeastLoad, Some(load)) => {
+                let names = load.names();
+                if names.queue.is_empty() && names.running.is_empty() {
+                    self.err(
+                        format!("{p}.load"),
+                        "name an engine (vllm, sglang, tgi, llamacpp) or the queue/running metrics",
+                    );
+                }
+                if load.interval.get() < std::time::Duration::from_millis(100) {
+                    self.err(format!("{p}.load.interval"), "must be at least 100ms");
+                }
+                if !load.metrics_path.starts_with('/') {
+                    self.err(format!("{p}.load.metrics_path"), "must start with /");
+                }
+            }
+            (_, Some(_)) => self.err(
+                format!("{p}.load"),
+                "load is read only with balance: least_load",
+            ),
+            (_, None) => {}
+        }
+        if let Some(a) = &pool.affinity {
+            if pool.balance == Balance::ConsistentHash {
+                self.err(
+                    format!("{p}.affinity"),
+                    "affinity already hashes: use it without balance: consistent_hash",
+                );
+            }
+            if a.prefix_bytes == 0 {
+                self.err(format!("{p}.affinity.prefix_bytes"), "must be at least 1");
+            }
+            if !(a.max_load_factor >= 1.0 && a.max_load_factor.is_finite()) {
+                self.err(format!("{p}.affinity.max_load_factor"), "must be 1 or more");
+            }
+        }
+    }
+
     fn pool(&mut self, name: &str, pool: &PoolConfig) {
         let p = format!("pools.{name}");
         if name.is_empty() {
@@ -276,6 +321,7 @@ impl Validator {
         if let Some(q) = &pool.queue {
             self.queue(&format!("{p}.queue"), q, pool);
         }
+        self.placement(&p, pool);
         if let Some(ph) = &pool.passive_health {
             if ph.consecutive_failures == 0 {
                 self.err(

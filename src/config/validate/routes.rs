@@ -53,6 +53,7 @@ impl Validator {
                 }
             }
             self.token_limits(&p, r);
+            self.models(&format!("{p}.openai"), r.openai.models());
             if r.respond.is_some() {
                 self.respond_only(&p, r);
             }
@@ -82,7 +83,7 @@ impl Validator {
     /// nothing, so they are refused.
     fn respond_only(&mut self, p: &str, r: &RouteConfig) {
         let ignored = [
-            ("openai", r.openai),
+            ("openai", r.openai.is_on()),
             ("retry_on", r.retry_on_set()),
             ("strip_prefix", r.strip_prefix.is_some()),
             ("request_headers", !r.request_headers.is_empty()),
@@ -127,7 +128,7 @@ impl Validator {
                 let at = format!("{p}.auth.api_keys[{i}].{name}");
                 match v {
                     Some(0) => self.err(at, "must be at least 1"),
-                    Some(_) if !r.openai => self.err(at, NEEDS_OPENAI),
+                    Some(_) if !r.openai.is_on() => self.err(at, NEEDS_OPENAI),
                     _ => {}
                 }
             }
@@ -146,8 +147,29 @@ impl Validator {
                 "api_key counts the keys that pass the route's auth: add auth, or count by client_ip",
             );
         }
-        if !r.openai && r.respond.is_none() {
+        if !r.openai.is_on() && r.respond.is_none() {
             self.err(at, NEEDS_OPENAI);
+        }
+    }
+
+    /// Aliases and fallback chains name real models, and a chain never comes back to its start.
+    fn models(&mut self, p: &str, m: &crate::config::OpenAiModels) {
+        for (from, to) in &m.aliases {
+            if from.trim().is_empty() || to.trim().is_empty() {
+                self.err(format!("{p}.aliases"), "model names must not be empty");
+            }
+        }
+        for (first, chain) in &m.fallbacks {
+            let at = format!("{p}.fallbacks.{first}");
+            if chain.is_empty() {
+                self.err(&at, "list at least one model to fall back to");
+            }
+            let mut seen = HashSet::from([first.as_str()]);
+            for model in chain {
+                if model.trim().is_empty() || !seen.insert(model.as_str()) {
+                    self.err(&at, format!("{model:?} is empty or already in the chain"));
+                }
+            }
         }
     }
 

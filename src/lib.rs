@@ -4,7 +4,7 @@
 //! up the current [`runtime::Snapshot`] (built from [`config`]), matches a route in
 //! [`runtime::router`], picks a backend from a [`runtime::Pool`], and logs through
 //! [`proxy::access_log`] and [`metrics`]. [`runtime::supervisor`] swaps snapshots and runs
-//! health checks; [`handover`] hands the sockets to a new process on `systemctl reload`; [`admin`] serves the admin listener; [`tls`] holds listener certificates.
+//! health checks; [`handover`] hands the sockets to a new process on `systemctl reload`; [`admin`] serves the admin listener; [`tls`] holds listener certificates; [`proxy_protocol`] reads the header an L4 balancer sends first.
 
 pub mod admin;
 pub mod cli;
@@ -12,7 +12,9 @@ pub mod config;
 pub mod handover;
 pub mod logsink;
 pub mod metrics;
+pub mod process_log;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod runtime;
 pub mod serve;
 pub mod tcp;

@@ -5,23 +5,14 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::process::ExitCode;
 use switchyard::cli::{Cli, Command};
 use switchyard::{config, serve};
 
 fn main() -> ExitCode {
-    let mut logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    // Diagnostics are queued for a writer thread too: a stalled stderr must not stall a worker.
-    logger.target(env_logger::Target::Pipe(Box::new(
-        switchyard::logsink::StderrQueue,
-    )));
-    if std::io::stderr().is_terminal() {
-        logger.write_style(env_logger::WriteStyle::Always);
-    }
-    logger.init();
     let cli = Cli::parse();
+    switchyard::process_log::init(cli.log_format());
     let code = match cli.command {
         Some(Command::Check { config }) => check(&config),
         Some(Command::HashKey) => hash_key(),

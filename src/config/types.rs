@@ -52,6 +52,18 @@ pub struct ServerSettings {
     /// its own connections, like nginx's workers, which measured ~7 % less CPU per request.
     #[serde(default)]
     pub work_stealing: bool,
+    /// The process log on stderr (not the access log): `text` lines, or `json` lines for
+    /// journald and log shippers. `--log-format` wins over it.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for ServerSettings {
@@ -64,6 +76,7 @@ impl Default for ServerSettings {
             graceful_shutdown_timeout_seconds: d::graceful_shutdown_timeout(),
             upstream_keepalive_pool_size: d::keepalive_pool(),
             work_stealing: false,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -121,6 +134,29 @@ pub struct ListenerSettings {
     pub idle: Option<Dur>,
     #[serde(default)]
     pub retries: Option<u32>,
+    /// Read a PROXY protocol header (v1 or v2) before anything else on each connection; its
+    /// client address becomes the client's for policies, logs and forwarded headers.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocolSettings>,
+    /// `protocol: tcp` only: open every backend connection with a PROXY header of this
+    /// version, carrying the client's address.
+    #[serde(default)]
+    pub send_proxy_protocol: Option<ProxyProtocolVersion>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocolSettings {
+    /// The balancers allowed to send the header (CIDRs); a connection from anywhere else
+    /// is closed before a byte is read.
+    pub trusted: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolVersion {
+    V1,
+    V2,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

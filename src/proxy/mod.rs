@@ -331,6 +331,23 @@ impl ProxyHttp for Edge {
         }
     }
 
+    /// An answered failure (502, 503, 504, a client gone) is in the access log; Pingora's
+    /// ERROR "Fail to proxy" line is kept for faults of the proxy itself.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        retry::answered(e)
+    }
+
+    /// A retry is counted in `switchyard_retries_total` and in the access log's `tries`.
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+        _e: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        true
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         limits::charge(
             ctx,

@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub router: Router,
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub edge: EdgePolicy,
+    /// The listeners that read a PROXY protocol header first, with the peers they trust.
+    pub proxy_protocol: BTreeMap<String, Vec<IpNet>>,
     /// Token budgets; the same counters in every snapshot of the process.
     pub budgets: Budgets,
     pub loaded_at: SystemTime,
@@ -90,11 +92,17 @@ impl Snapshot {
             escaped_slashes: c.edge.escaped_slashes,
             min_body_rate: c.edge.min_body_rate,
         };
+        let proxy_protocol = c
+            .listeners
+            .iter()
+            .filter_map(|l| Some((l.name.clone(), nets(&l.proxy_protocol.as_ref()?.trusted))))
+            .collect();
 
         Snapshot {
             router: Router::new(routes),
             pools,
             edge,
+            proxy_protocol,
             budgets: previous.map(|p| p.budgets.clone()).unwrap_or_default(),
             loaded_at: SystemTime::now(),
             loaded,

@@ -187,12 +187,34 @@ impl Validator {
                     }
                 }
             }
+            self.proxy_protocol(&p, l);
             if l.redirect_to_https == Some(0) {
                 self.err(format!("{p}.redirect_to_https"), "must be a port number");
             }
             if let Some(tls) = &l.tls {
                 self.listener_tls(&format!("{p}.tls"), tls);
             }
+        }
+    }
+
+    /// `proxy_protocol` needs somebody to trust; `send_proxy_protocol` is for tunnels only
+    /// (an HTTP listener's backends get the client in `X-Forwarded-For`).
+    fn proxy_protocol(&mut self, p: &str, l: &ListenerSettings) {
+        if let Some(pp) = &l.proxy_protocol {
+            let path = format!("{p}.proxy_protocol.trusted");
+            if pp.trusted.is_empty() {
+                self.err(
+                    &path,
+                    "list the balancers that send the header; with none every connection is closed",
+                );
+            }
+            self.cidrs(&path, &pp.trusted);
+        }
+        if l.send_proxy_protocol.is_some() && l.protocol != Protocol::Tcp {
+            self.err(
+                format!("{p}.send_proxy_protocol"),
+                "only for protocol: tcp listeners",
+            );
         }
     }
 

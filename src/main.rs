@@ -48,7 +48,8 @@ fn run(args: switchyard::cli::RunArgs) -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    let files = |c: &config::Config| switchyard::tls::check_files(c, path.parent());
+    let files =
+        |c: &config::Config<config::Lenient>| switchyard::tls::check_files(c, path.parent());
     match config::load_file(path, Some(&files)) {
         Ok(l) => {
             let c = &l.config;

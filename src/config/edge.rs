@@ -1,19 +1,24 @@
 //! The `edge:` section: the global policies.
 
+use super::stage::{Checked, Stage};
 use super::types::d;
 use super::units::Dur;
+use super::values::Cidr;
 use super::values::LogField;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EdgeConfig {
+#[serde(deny_unknown_fields, bound = "")]
+pub struct EdgeConfig<S: Stage = Checked> {
+    /// Peers whose `X-Forwarded-For` is believed (CIDRs or addresses).
     #[serde(default)]
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<S::Of<Cidr>>,
+    /// Only clients in these networks are served (empty = everyone).
     #[serde(default)]
-    pub allow: Vec<String>,
+    pub allow: Vec<S::Of<Cidr>>,
+    /// Clients in these networks are refused (403), even when `allow` lists them.
     #[serde(default)]
-    pub deny: Vec<String>,
+    pub deny: Vec<S::Of<Cidr>>,
     #[serde(default = "d::yes")]
     pub security_headers: bool,
     #[serde(default)]
@@ -67,7 +72,7 @@ impl Default for MinBodyRate {
     }
 }
 
-impl Default for EdgeConfig {
+impl<S: Stage> Default for EdgeConfig<S> {
     fn default() -> Self {
         EdgeConfig {
             trusted_proxies: Vec::new(),

@@ -1,14 +1,16 @@
 //! The `routes:` list: what a route matches and the policies it applies.
 
+use super::secret::Secret;
+use super::stage::{Checked, Stage};
 use super::types::d;
 use super::units::{Dur, Size};
-use super::values::{HeaderKey, HeaderText, HostPattern, MethodName, RateLimitKey, RetryOn};
+use super::values::{Cidr, HeaderKey, HeaderText, HostPattern, MethodName, RateLimitKey, RetryOn};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
+#[serde(deny_unknown_fields, bound = "")]
+pub struct RouteConfig<S: Stage = Checked> {
     pub name: String,
     #[serde(default, rename = "match")]
     pub matcher: RouteMatch,
@@ -20,7 +22,7 @@ pub struct RouteConfig {
     #[serde(default)]
     pub openai: bool,
     #[serde(default)]
-    pub auth: Option<AuthConfig>,
+    pub auth: Option<AuthConfig<S>>,
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default = "d::max_body")]
@@ -29,10 +31,12 @@ pub struct RouteConfig {
     pub retries: u32,
     #[serde(default = "d::retry_on")]
     pub retry_on: Vec<RetryOn>,
+    /// Only clients in these networks reach the route (empty = everyone).
     #[serde(default)]
-    pub allow: Vec<String>,
+    pub allow: Vec<S::Of<Cidr>>,
+    /// Clients in these networks get 403 on this route.
     #[serde(default)]
-    pub deny: Vec<String>,
+    pub deny: Vec<S::Of<Cidr>>,
     #[serde(default)]
     pub timeouts: RouteTimeouts,
     #[serde(default)]
@@ -81,24 +85,34 @@ pub struct CorsConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
+#[serde(deny_unknown_fields, bound = "")]
+pub struct AuthConfig<S: Stage = Checked> {
     #[serde(default)]
-    pub api_keys: Vec<ApiKey>,
+    pub api_keys: Vec<ApiKey<S>>,
 }
 
 /// A client key: plain, `${VAR}` or `sha256:<hex>`, optionally named and limited to models.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum ApiKey {
-    Plain(String),
-    Scoped(ScopedKey),
+#[serde(untagged, bound = "")]
+pub enum ApiKey<S: Stage = Checked> {
+    Plain(S::Of<Secret>),
+    Scoped(ScopedKey<S>),
+}
+
+impl<S: Stage> ApiKey<S> {
+    /// The key itself (or its digest), however the entry is written.
+    pub fn secret(&self) -> &S::Of<Secret> {
+        match self {
+            ApiKey::Plain(k) => k,
+            ApiKey::Scoped(s) => &s.key,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScopedKey {
-    pub key: String,
+#[serde(deny_unknown_fields, bound = "")]
+pub struct ScopedKey<S: Stage = Checked> {
+    pub key: S::Of<Secret>,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
@@ -154,7 +168,7 @@ pub struct HeaderOps {
     pub remove: Vec<HeaderKey>,
 }
 
-impl RouteConfig {
+impl<S: Stage> RouteConfig<S> {
     /// Whether `retry_on` says something other than its default.
     pub fn retry_on_set(&self) -> bool {
         self.retry_on != d::retry_on()

@@ -1,35 +1,41 @@
 //! The YAML file's shape (docs/configuration.md). Unknown fields are errors everywhere.
 //!
+//! The types that hold a value which must not stop the reading at the first bad one take a
+//! [`Stage`] (see `stage.rs`); the runtime sees them as `Checked`, the default.
+//!
 //! Keys of features that are not built yet are typed as raw YAML values so that they are
 //! recognised, and `validate` rejects them with "not supported yet" instead of ignoring them.
 
 use super::edge::EdgeConfig;
 use super::route::RouteConfig;
+use super::secret::{Bearer, Secret};
+use super::stage::{Checked, Stage};
 use super::units::{Dur, Size};
 use super::values::HashOn;
 use super::values::{MethodName, RetryOn, TlsVersion};
+use super::HostPort;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub type Unsupported = Option<serde_yaml::Value>;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
+#[serde(deny_unknown_fields, bound = "")]
+pub struct Config<S: Stage = Checked> {
     /// The format version; the file must say it (only 1 is known).
     pub version: u32,
     #[serde(default)]
     pub server: ServerSettings,
     #[serde(default)]
-    pub admin: AdminSettings,
+    pub admin: AdminSettings<S>,
     #[serde(default)]
     pub listeners: Vec<ListenerSettings>,
     #[serde(default)]
-    pub pools: BTreeMap<String, PoolConfig>,
+    pub pools: BTreeMap<String, PoolConfig<S>>,
     #[serde(default)]
-    pub routes: Vec<RouteConfig>,
+    pub routes: Vec<RouteConfig<S>>,
     #[serde(default)]
-    pub edge: EdgeConfig,
+    pub edge: EdgeConfig<S>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -69,12 +75,13 @@ impl Default for ServerSettings {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminSettings {
+#[serde(deny_unknown_fields, bound = "")]
+pub struct AdminSettings<S: Stage = Checked> {
     #[serde(default = "d::admin_listen")]
     pub listen: String,
+    /// The key of the admin API (at least 32 characters), or `sha256:<hex>` of it.
     #[serde(default)]
-    pub api_key: Option<String>,
+    pub api_key: Option<S::Of<Secret>>,
     #[serde(default = "d::history")]
     pub history: usize,
     #[serde(default)]
@@ -83,7 +90,7 @@ pub struct AdminSettings {
     pub tls: Unsupported,
 }
 
-impl Default for AdminSettings {
+impl<S: Stage> Default for AdminSettings<S> {
     fn default() -> Self {
         AdminSettings {
             listen: d::admin_listen(),
@@ -153,8 +160,8 @@ pub enum Balance {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PoolConfig {
+#[serde(deny_unknown_fields, bound = "")]
+pub struct PoolConfig<S: Stage = Checked> {
     #[serde(default)]
     pub balance: Balance,
     /// `client_ip | header:NAME | cookie:NAME | query:NAME`, for `consistent_hash`.
@@ -172,7 +179,7 @@ pub struct PoolConfig {
     #[serde(default = "d::dns_refresh")]
     pub dns_refresh: Dur,
     #[serde(default)]
-    pub backends: Vec<BackendConfig>,
+    pub backends: Vec<BackendConfig<S>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -292,9 +299,10 @@ impl Default for UpstreamTlsSettings {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendConfig {
-    pub address: String,
+#[serde(deny_unknown_fields, bound = "")]
+pub struct BackendConfig<S: Stage = Checked> {
+    /// `ip:port`, `[ipv6]:port` or `host:port` (a name resolved at run time).
+    pub address: S::Of<HostPort>,
     #[serde(default = "d::weight")]
     pub weight: usize,
     #[serde(default)]
@@ -304,7 +312,7 @@ pub struct BackendConfig {
     pub models: Vec<String>,
     /// Sent to the backend as `Authorization: Bearer` instead of the client's key.
     #[serde(default)]
-    pub api_key: Option<String>,
+    pub api_key: Option<S::Of<Bearer>>,
     /// At most this many requests at once; a full backend is skipped.
     #[serde(default)]
     pub max_inflight: Option<usize>,

@@ -1,13 +1,13 @@
 //! The rules for `routes:`: names, targets, matchers and the policies of each route.
 
-use super::Validator;
-use crate::config::types::*;
+use super::{Read, Validator};
+use crate::config::stage::Lenient;
 use crate::config::values::RateLimitKey;
-use crate::config::{ApiKey, AuthConfig, CorsConfig, RateLimitConfig, RouteConfig, RouteMatch};
+use crate::config::{AuthConfig, CorsConfig, RateLimitConfig, RouteConfig, RouteMatch};
 use std::collections::HashSet;
 
 impl Validator {
-    pub(super) fn routes(&mut self, c: &Config) {
+    pub(super) fn routes(&mut self, c: &Read) {
         let mut names = HashSet::new();
         for (i, r) in c.routes.iter().enumerate() {
             let p = format!("routes[{i}]");
@@ -76,7 +76,7 @@ impl Validator {
 
     /// A `respond` route answers by itself: options about a backend would be accepted and do
     /// nothing, so they are refused.
-    fn respond_only(&mut self, p: &str, r: &RouteConfig) {
+    fn respond_only(&mut self, p: &str, r: &RouteConfig<Lenient>) {
         let ignored = [
             ("openai", r.openai),
             ("retry_on", r.retry_on_set()),
@@ -133,7 +133,7 @@ impl Validator {
         }
     }
 
-    fn auth(&mut self, p: &str, auth: &AuthConfig) {
+    fn auth(&mut self, p: &str, auth: &AuthConfig<Lenient>) {
         if auth.api_keys.is_empty() {
             self.err(
                 format!("{p}.api_keys"),
@@ -141,23 +141,12 @@ impl Validator {
             );
         }
         for (i, k) in auth.api_keys.iter().enumerate() {
-            let key = match k {
-                ApiKey::Plain(k) => k,
-                ApiKey::Scoped(s) => &s.key,
-            };
-            if let Some(hex) = key.strip_prefix("sha256:") {
-                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                    self.err(
-                        format!("{p}.api_keys[{i}]"),
-                        "sha256: must be followed by 64 hex digits",
-                    );
-                }
-            } else if key.chars().count() < 16 {
-                self.err(
-                    format!("{p}.api_keys[{i}]"),
-                    "too short: use at least 16 characters (or sha256:<hex> of a key)",
-                );
-            }
+            self.secret(
+                format!("{p}.api_keys[{i}]"),
+                k.secret(),
+                16,
+                " (or sha256:<hex> of a key)",
+            );
         }
     }
 

@@ -1,7 +1,7 @@
 //! Client API keys of a route: `Authorization: Bearer KEY` or `X-API-Key: KEY`, compared as
 //! sha256 digests in constant time. A key may be limited to some models.
 
-use crate::config::ApiKey;
+use crate::config::{ApiKey, Secret};
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -15,20 +15,25 @@ pub struct ClientKey {
 }
 
 impl ClientKey {
-    pub fn compile(k: &ApiKey) -> Option<ClientKey> {
-        let (key, name, models) = match k {
-            ApiKey::Plain(k) => (k.as_str(), None, Vec::new()),
-            ApiKey::Scoped(s) => (s.key.as_str(), s.name.clone(), s.models.clone()),
+    pub fn compile(k: &ApiKey) -> ClientKey {
+        let (name, models) = match k {
+            ApiKey::Plain(_) => (None, Vec::new()),
+            ApiKey::Scoped(s) => (s.name.clone(), s.models.clone()),
         };
-        let digest = match key.strip_prefix("sha256:") {
-            Some(hex) => hex::decode(hex).ok()?.try_into().ok()?,
-            None => Sha256::digest(key.as_bytes()).into(),
-        };
-        Some(ClientKey {
-            digest,
+        ClientKey {
+            digest: *k.secret().digest(),
             name,
             models,
-        })
+        }
+    }
+
+    /// A key without a name or model limit (the admin API's).
+    pub fn of(secret: &Secret) -> ClientKey {
+        ClientKey {
+            digest: *secret.digest(),
+            name: None,
+            models: Vec::new(),
+        }
     }
 
     /// What identifies the key in counters: its SHA-256, never the secret.

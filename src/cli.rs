@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `hash-key`.
+//! The command line: `run`, `check`, `hash-key`, `schema`.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -28,6 +28,8 @@ pub enum Command {
     },
     /// Read an API key on stdin and print sha256:<hex> to put in the YAML.
     HashKey,
+    /// Print the JSON Schema of the config file, for editors (yaml-language-server).
+    Schema,
 }
 
 #[derive(Args, Debug, Clone)]

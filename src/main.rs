@@ -25,6 +25,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Some(Command::Check { config }) => check(&config),
         Some(Command::HashKey) => hash_key(),
+        Some(Command::Schema) => schema(),
         Some(Command::Run(args)) => run(args),
         None => run(cli.run),
     };
@@ -65,6 +66,19 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{}", e.render(&path.display().to_string()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn schema() -> ExitCode {
+    match serde_json::to_string_pretty(&config::schema::json_schema()) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot write the schema: {e}");
             ExitCode::FAILURE
         }
     }

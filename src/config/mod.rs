@@ -13,6 +13,7 @@ mod edge;
 mod env;
 mod locate;
 mod route;
+pub mod schema;
 mod secret;
 pub mod store;
 mod types;

@@ -5,30 +5,41 @@ use super::stage::{Checked, Stage};
 use super::types::d;
 use super::units::{Dur, Size};
 use super::values::{Cidr, HeaderKey, HeaderText, HostPattern, MethodName, RateLimitKey, RetryOn};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// A route: what it matches, where it goes and the policies it applies. The first match wins.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, bound = "")]
 pub struct RouteConfig<S: Stage = Checked> {
+    /// Unique name, the `route` label of metrics.
     pub name: String,
+    /// What the route matches (default: everything).
     #[serde(default, rename = "match")]
     pub matcher: RouteMatch,
+    /// The pool to forward to; exactly one of `pool` and `respond`.
     #[serde(default)]
     pub pool: Option<String>,
+    /// Answer by the proxy itself; exactly one of `pool` and `respond`.
     #[serde(default)]
     pub respond: Option<Respond>,
     /// Model-aware routing, `/v1/models`, OpenAI-shaped errors and token metrics.
     #[serde(default)]
     pub openai: bool,
+    /// Client keys the route asks for.
     #[serde(default)]
     pub auth: Option<AuthConfig<S>>,
+    /// Requests per window, counted per key; over → 429.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Larger request bodies get 413 before anything goes upstream.
     #[serde(default = "d::max_body")]
     pub max_body: Size,
+    /// Further backends tried after a connect failure (or a failed idempotent request).
     #[serde(default = "d::retries")]
     pub retries: u32,
+    /// What sends a replayable request to another backend: `connect_error` and 5xx statuses.
     #[serde(default = "d::retry_on")]
     pub retry_on: Vec<RetryOn>,
     /// Only clients in these networks reach the route (empty = everyone).
@@ -37,14 +48,19 @@ pub struct RouteConfig<S: Stage = Checked> {
     /// Clients in these networks get 403 on this route.
     #[serde(default)]
     pub deny: Vec<S::Of<Cidr>>,
+    /// Read, total and WebSocket idle timeouts.
     #[serde(default)]
     pub timeouts: RouteTimeouts,
+    /// Removed from the path before forwarding, whole segments only.
     #[serde(default)]
     pub strip_prefix: Option<String>,
+    /// Edits of the upstream request's headers.
     #[serde(default)]
     pub request_headers: HeaderOps,
+    /// Edits of the answer's headers (also overrides security headers).
     #[serde(default)]
     pub response_headers: HeaderOps,
+    /// CORS for browsers on other origins.
     #[serde(default)]
     pub cors: Option<CorsConfig>,
     /// Per-route override of `edge.security_headers`.
@@ -53,10 +69,12 @@ pub struct RouteConfig<S: Stage = Checked> {
 }
 
 /// `requests` per `per` (a fixed window), counted per `key`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
+    /// Requests allowed per window.
     pub requests: u64,
+    /// The window, at least 1s.
     pub per: Dur,
     /// `client_ip | api_key | header:NAME`.
     #[serde(default)]
@@ -66,33 +84,40 @@ pub struct RateLimitConfig {
     pub burst: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// CORS: preflights answered, answers to allowed origins marked.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CorsConfig {
     /// Exact origins (`https://app.example.com`) or `*`.
     pub allow_origins: Vec<String>,
+    /// Methods a page may use.
     #[serde(default = "d::cors_methods")]
     pub allow_methods: Vec<MethodName>,
     /// Request headers a page may send; empty = whatever the preflight asks for.
     #[serde(default)]
     pub allow_headers: Vec<HeaderKey>,
+    /// Answer headers a page may read.
     #[serde(default)]
     pub expose_headers: Vec<HeaderKey>,
+    /// Let pages send cookies and credentials (not with origin `*`).
     #[serde(default)]
     pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer.
     #[serde(default)]
     pub max_age: Option<Dur>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// Client keys, accepted from `Authorization: Bearer` or `X-API-Key`; missing or wrong → 401.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, bound = "")]
 pub struct AuthConfig<S: Stage = Checked> {
+    /// `KEY`, `${VAR}`, `sha256:<hex>` or `{key, name, models}`; at least 16 characters.
     #[serde(default)]
     pub api_keys: Vec<ApiKey<S>>,
 }
 
 /// A client key: plain, `${VAR}` or `sha256:<hex>`, optionally named and limited to models.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(untagged, bound = "")]
 pub enum ApiKey<S: Stage = Checked> {
     Plain(S::Of<Secret>),
@@ -109,43 +134,58 @@ impl<S: Stage> ApiKey<S> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// A client key with a name, optionally limited to some models.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, bound = "")]
 pub struct ScopedKey<S: Stage = Checked> {
+    /// The key, or `sha256:<hex>` of it.
     pub key: S::Of<Secret>,
+    /// A name for the key, in logs.
     #[serde(default)]
     pub name: Option<String>,
+    /// Models the key may ask for (OpenAI routes); empty = every model.
     #[serde(default)]
     pub models: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+/// What a request must have to take the route; every part given must match.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
+    /// Exact names (or addresses) or `*.` and a name; port ignored, any case.
     #[serde(default)]
     pub host: Vec<HostPattern>,
+    /// A path prefix matched by whole segments on the normalised path.
     #[serde(default)]
     pub path_prefix: Option<String>,
+    /// Methods the route takes (default: all).
     #[serde(default)]
     pub methods: Vec<MethodName>,
+    /// Headers that must be present with these values.
     #[serde(default)]
     pub headers: BTreeMap<HeaderKey, String>,
+    /// `key=value` pairs that must be in the query string.
     #[serde(default)]
     pub query: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// An answer the proxy gives by itself, with no backend.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Respond {
+    /// The status of the answer.
     #[serde(default = "d::respond_status")]
     pub status: u16,
+    /// The body of the answer.
     #[serde(default)]
     pub body: String,
+    /// Headers of the answer.
     #[serde(default)]
     pub headers: BTreeMap<HeaderKey, HeaderText>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, Default)]
+/// Timeouts of requests on this route.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteTimeouts {
     /// Overrides the pool's read timeout (gap between upstream reads).
@@ -159,11 +199,14 @@ pub struct RouteTimeouts {
     pub websocket_idle: Option<Dur>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+/// Header edits.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderOps {
+    /// Headers set (replacing any of the same name).
     #[serde(default)]
     pub set: BTreeMap<HeaderKey, HeaderText>,
+    /// Headers removed.
     #[serde(default)]
     pub remove: Vec<HeaderKey>,
 }

@@ -8,12 +8,16 @@
 //! [`Checked`], where the value is just its type, and that is what the runtime gets: it
 //! never sees a value that did not parse, so it has nothing to skip or default.
 
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
-/// A value written as text in the file that parses into a type.
-pub trait Text: Sized + Clone + fmt::Debug + PartialEq + Serialize + DeserializeOwned {
+/// A value written as text in the file that parses into a type; its schema describes the
+/// text (`schema.rs`).
+pub trait Text:
+    Sized + Clone + fmt::Debug + PartialEq + Serialize + DeserializeOwned + JsonSchema
+{
     /// The value `text` stands for, or why it stands for none (said to the operator).
     fn parse(text: &str) -> Result<Self, String>;
 }
@@ -21,7 +25,7 @@ pub trait Text: Sized + Clone + fmt::Debug + PartialEq + Serialize + Deserialize
 /// What a config type holds for a [`Text`] value: `Of<T>` is `Parsed<T>` as read and `T`
 /// once checked.
 pub trait Stage: Clone + fmt::Debug + PartialEq + 'static {
-    type Of<T: Text>: Clone + fmt::Debug + PartialEq + Serialize + DeserializeOwned;
+    type Of<T: Text>: Clone + fmt::Debug + PartialEq + Serialize + DeserializeOwned + JsonSchema;
 }
 
 /// The config as read from the file, before validation.
@@ -31,6 +35,24 @@ pub enum Lenient {}
 /// The config once validation found nothing wrong: what the runtime is built from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Checked {}
+
+/// The schema derive names a generic type's id after its parameters; a stage is never a
+/// value in the file, so it describes nothing.
+macro_rules! stage_name {
+    ($ty:ty, $name:literal) => {
+        impl JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                std::borrow::Cow::Borrowed($name)
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!(false)
+            }
+        }
+    };
+}
+
+stage_name!(Lenient, "Lenient");
+stage_name!(Checked, "Checked");
 
 impl Stage for Lenient {
     type Of<T: Text> = Parsed<T>;
@@ -63,6 +85,22 @@ impl<'de, T: Text> Deserialize<'de> for Parsed<T> {
             Ok(v) => Parsed::Ok(v),
             Err(error) => Parsed::Rejected { text, error },
         })
+    }
+}
+
+/// The file's schema is that of a valid file: a value as read has the schema of its type.
+impl<T: JsonSchema> JsonSchema for Parsed<T> {
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        T::schema_id()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(generator)
     }
 }
 

@@ -183,7 +183,9 @@ impl fmt::Display for RateLimitKey {
 text_value!(RateLimitKey);
 
 /// A field of the access log's JSON line, for `edge.access_log.fields`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LogField {
     Time,
@@ -271,7 +273,17 @@ impl From<RetryOn> for RetryText {
 }
 
 /// The lowest TLS version a listener accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 pub enum TlsVersion {
     #[default]
     #[serde(rename = "1.2")]
@@ -286,7 +298,7 @@ pub enum TlsVersion {
 pub struct MethodName(pub http::Method);
 
 impl MethodName {
-    const KNOWN: [&'static str; 9] = [
+    pub(super) const KNOWN: [&'static str; 9] = [
         "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
     ];
 

@@ -68,6 +68,37 @@ metric!(LOG_LINES_DROPPED: IntCounter = register_int_counter!(
     "switchyard_log_lines_dropped_total",
     "Log lines (access, audit, diagnostics) dropped because stdout or stderr did not keep up."));
 
+metric!(QUEUE_DEPTH: IntGaugeVec = register_int_gauge_vec!(
+    "switchyard_queue_depth", "Requests waiting for a free max_inflight slot, by pool and priority.",
+    &["pool", "priority"]));
+metric!(QUEUE_WAIT: HistogramVec = register_histogram_vec!(
+    "switchyard_queue_wait_seconds", "Time requests waited in a pool's queue (every way it ended).",
+    &["pool"],
+    vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]));
+metric!(QUEUE_REJECTED: IntCounterVec = register_int_counter_vec!(
+    "switchyard_queue_rejected_total",
+    "Requests that left a pool's queue without a slot: full, timeout, gone (client left), closed (pool or queue removed).",
+    &["pool", "reason"]));
+metric!(TOKENS_BUDGET_REMAINING: IntGaugeVec = register_int_gauge_vec!(
+    "switchyard_tokens_budget_remaining",
+    "Tokens a named client key may still use in its tightest budget (negative: over, until it refills).",
+    &["key"]));
+metric!(TOKEN_LIMITED: IntCounterVec = register_int_counter_vec!(
+    "switchyard_token_limited_total", "Requests refused with 429 because a token budget was spent.",
+    &["route"]));
+
+metric!(BACKEND_LOAD_READABLE: IntGaugeVec = register_int_gauge_vec!(
+    "switchyard_backend_load_readable",
+    "1 while least_load reads the backend's own metrics; 0: balanced on its in-flight count.",
+    &["pool", "backend"]));
+metric!(OPENAI_FALLBACKS: IntCounterVec = register_int_counter_vec!(
+    "switchyard_openai_fallbacks_total",
+    "Requests sent to a fallback model because no backend could take the requested one.",
+    &["route", "from", "to"]));
+
+/// The reasons of `switchyard_queue_rejected_total`.
+pub const QUEUE_REJECT_REASONS: [&str; 4] = ["full", "timeout", "gone", "closed"];
+
 pub const RELOAD_SOURCES: &[&str] = &["startup", "file", "signal", "admin"];
 
 /// Status codes whose `requests_total` handle a route keeps, so the common case costs no

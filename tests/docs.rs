@@ -14,14 +14,20 @@ pools:
   p:
     passive_health: {consecutive_failures: 5, eject_for: 30s}
     tls: {sni: example.com, verify: true}
+    queue: {max: 10, timeout: 5s}
+    balance: least_load
+    load: {engine: vllm, interval: 1s, metrics_path: /metrics, queue: q, running: r, cache: c}
+    affinity: {key: prompt_prefix, prefix_bytes: 100, max_load_factor: 1.5}
     backends: [{address: "127.0.0.1:1", models: [m], api_key: k, max_inflight: 2}]
 routes:
   - name: r
     match: {path_prefix: /}
     pool: p
-    openai: true
-    auth: {api_keys: [{key: "0123456789abcdef", name: n, models: [m]}]}
+    openai: {aliases: {a: m}, fallbacks: {m: [n]}}
+    auth: {api_keys: [{key: "0123456789abcdef", name: n, models: [m], priority: high, tokens_per_minute: 10, tokens_per_day: 100}]}
     rate_limit: {requests: 1, per: 1m}
+    priority: low
+    token_limit: {tokens: 100, per: 1m, key: client_ip}
     cors: {allow_origins: ["https://a.example"]}
   - {name: s, match: {path_prefix: /s}, respond: {status: 200}}
 "#;
@@ -32,6 +38,10 @@ fn keys(v: &Value, out: &mut Vec<String>) {
             for (k, v) in m {
                 if let Value::String(k) = k {
                     out.push(k.clone());
+                    // Their keys are model names, not config keys.
+                    if k == "aliases" || k == "fallbacks" {
+                        continue;
+                    }
                 }
                 keys(v, out);
             }

@@ -314,6 +314,8 @@ fn the_schema_and_check_agree_on_typed_values_and_placeholders() {
         sample(", balance: \"${BALANCE}\"", "", ""),
         sample("", "", "escaped_slashes: \"${ESCAPED}\", trusted_proxies: [\"${PROXY_NET}\"]"),
         sample("", "", "access_log: {fields: [time, status, \"${FIELD}\"]}"),
+        sample(", affinity: {key: \"header:X-Session\"}", "", ""),
+        sample("", ", openai: {aliases: {gpt-4o: llama}}", ""),
     ];
     let bad = [
         sample("", ", max_body: 1XB", ""),
@@ -333,6 +335,8 @@ fn the_schema_and_check_agree_on_typed_values_and_placeholders() {
         sample("backends: [{address: \"gpu:080\"}]", "", ""),
         sample("", "", "escaped_slashes: sometimes"),
         sample("", "", "access_log: {fields: [colour]}"),
+        sample(", affinity: {key: session}", "", ""),
+        sample("", ", openai: yes", ""),
     ];
     let env = [
         ("KEY", "a-client-key-from-the-environment"),

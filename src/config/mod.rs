@@ -8,10 +8,12 @@
 #[macro_use]
 mod stage;
 mod address;
+mod admission;
 pub mod diff;
 mod edge;
 mod env;
 mod locate;
+mod placement;
 mod route;
 pub mod schema;
 mod secret;
@@ -22,8 +24,10 @@ mod validate;
 pub mod values;
 
 pub use address::{split_host_port, HostPort};
+pub use admission::*;
 pub use edge::*;
 pub use env::{process_env, substitute};
+pub use placement::*;
 pub use route::*;
 pub use secret::{Bearer, Secret};
 pub use stage::{Checked, Lenient, Parsed, Stage, Text};

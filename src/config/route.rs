@@ -1,5 +1,7 @@
 //! The `routes:` list: what a route matches and the policies it applies.
 
+use super::admission::{Priority, TokenLimitConfig};
+use super::placement::OpenAiSetting;
 use super::secret::Secret;
 use super::stage::{Checked, Stage};
 use super::types::d;
@@ -24,9 +26,10 @@ pub struct RouteConfig<S: Stage = Checked> {
     /// Answer by the proxy itself; exactly one of `pool` and `respond`.
     #[serde(default)]
     pub respond: Option<Respond>,
-    /// Model-aware routing, `/v1/models`, OpenAI-shaped errors and token metrics.
+    /// Model-aware routing, `/v1/models`, OpenAI-shaped errors and token metrics; with a
+    /// mapping, model aliases and fallbacks too.
     #[serde(default)]
-    pub openai: bool,
+    pub openai: OpenAiSetting,
     /// Client keys the route asks for.
     #[serde(default)]
     pub auth: Option<AuthConfig<S>>,
@@ -66,6 +69,12 @@ pub struct RouteConfig<S: Stage = Checked> {
     /// Per-route override of `edge.security_headers`.
     #[serde(default)]
     pub security_headers: Option<bool>,
+    /// The admission class of the route's requests; a client key's own priority wins.
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Tokens per window, for routes without per-key budgets.
+    #[serde(default)]
+    pub token_limit: Option<TokenLimitConfig>,
 }
 
 /// `requests` per `per` (a fixed window), counted per `key`.
@@ -117,7 +126,7 @@ pub struct AuthConfig<S: Stage = Checked> {
 }
 
 /// A client key: plain, `${VAR}` or `sha256:<hex>`, optionally named and limited to models.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged, bound = "")]
 pub enum ApiKey<S: Stage = Checked> {
     Plain(S::Of<Secret>),
@@ -134,6 +143,29 @@ impl<S: Stage> ApiKey<S> {
     }
 }
 
+/// A string is a plain key and a mapping a scoped one, each with its own errors (an
+/// untagged enum would only say that nothing matched).
+impl<'de, S: Stage> Deserialize<'de> for ApiKey<S> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<S>(std::marker::PhantomData<S>);
+        impl<'de, S: Stage> serde::de::Visitor<'de> for Visit<S> {
+            type Value = ApiKey<S>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key, or a mapping with `key`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ApiKey<S>, E> {
+                use serde::de::IntoDeserializer;
+                S::Of::<Secret>::deserialize(v.into_deserializer()).map(ApiKey::Plain)
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, m: M) -> Result<ApiKey<S>, M::Error> {
+                let de = serde::de::value::MapAccessDeserializer::new(m);
+                ScopedKey::deserialize(de).map(ApiKey::Scoped)
+            }
+        }
+        d.deserialize_any(Visit(std::marker::PhantomData))
+    }
+}
+
 /// A client key with a name, optionally limited to some models.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, bound = "")]
@@ -146,6 +178,15 @@ pub struct ScopedKey<S: Stage = Checked> {
     /// Models the key may ask for (OpenAI routes); empty = every model.
     #[serde(default)]
     pub models: Vec<String>,
+    /// The admission class of this key's requests (over the route's).
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Tokens this key may use per minute (OpenAI routes).
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    /// Tokens this key may use per day (OpenAI routes).
+    #[serde(default)]
+    pub tokens_per_day: Option<u64>,
 }
 
 /// What a request must have to take the route; every part given must match.

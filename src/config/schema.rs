@@ -10,7 +10,7 @@
 use super::units::{Dur, Size};
 use super::values::{Cidr, HashOn, HeaderKey, HeaderText, HostPattern, MethodName};
 use super::values::{RateLimitKey, RetryOn};
-use super::{Bearer, Config, HostPort, Secret};
+use super::{AffinityKey, Bearer, Config, HostPort, Secret};
 use schemars::generate::SchemaSettings;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
@@ -179,6 +179,15 @@ described!(
     text(
         "What a rate limit counts by: client_ip, api_key (the key that passed the route's auth) or header:NAME.",
         Some(&format!(r"^(?:client_ip|api_key|header:{TOKEN})$")),
+    )
+);
+
+described!(
+    AffinityKey,
+    "AffinityKey",
+    text(
+        "What affinity keeps on one backend: prompt_prefix (the prompt's beginning) or header:NAME.",
+        Some(&format!(r"^(?:prompt_prefix|header:{TOKEN})$")),
     )
 );
 

@@ -193,6 +193,8 @@ pub enum Balance {
     Random,
     ConsistentHash,
     LeastRequests,
+    /// The lowest load the engines report (`load`), corrected by what was sent since.
+    LeastLoad,
 }
 
 /// An upstream pool: its backends, how one is chosen, checked and connected to.
@@ -223,6 +225,15 @@ pub struct PoolConfig<S: Stage = Checked> {
     /// The backends; a pool used by a route needs at least one.
     #[serde(default)]
     pub backends: Vec<BackendConfig<S>>,
+    /// Wait for a free `max_inflight` slot instead of answering 503 at once.
+    #[serde(default)]
+    pub queue: Option<super::admission::QueueConfig>,
+    /// Where `least_load` reads each backend's own load.
+    #[serde(default)]
+    pub load: Option<super::placement::LoadConfig>,
+    /// Keep requests that share a prompt prefix (or a session header) on one backend.
+    #[serde(default)]
+    pub affinity: Option<super::placement::AffinityConfig>,
 }
 
 /// How backends are checked: `http` (a GET of `path`), `tcp` (a connect) or `none` (every backend counts as healthy).
@@ -498,6 +509,18 @@ pub(in crate::config) mod d {
     }
     pub(in crate::config) fn min_body_grace() -> Dur {
         Dur::secs(5)
+    }
+    pub(in crate::config) fn load_interval() -> Dur {
+        Dur::secs(1)
+    }
+    pub(in crate::config) fn metrics_path() -> String {
+        "/metrics".into()
+    }
+    pub(in crate::config) fn prefix_bytes() -> usize {
+        2048
+    }
+    pub(in crate::config) fn max_load_factor() -> f64 {
+        1.25
     }
     pub(in crate::config) fn log_format() -> String {
         "json".into()

@@ -205,6 +205,11 @@ pub enum LogField {
     UpstreamMs,
     Tries,
     Error,
+    QueuedMs,
+    Priority,
+    Tokens,
+    Model,
+    FallbackFrom,
 }
 
 impl LogField {
@@ -228,6 +233,11 @@ impl LogField {
             LogField::UpstreamMs => "upstream_ms",
             LogField::Tries => "tries",
             LogField::Error => "error",
+            LogField::QueuedMs => "queued_ms",
+            LogField::Priority => "priority",
+            LogField::Tokens => "tokens",
+            LogField::Model => "model",
+            LogField::FallbackFrom => "fallback_from",
         }
     }
 }

@@ -24,6 +24,16 @@ pub struct Line<'a> {
     pub upstream_ms: Option<f64>,
     pub tries: u32,
     pub error: Option<String>,
+    /// Time waited in the pool's queue, when the request waited.
+    pub queued_ms: Option<f64>,
+    /// The admission class, when the request waited.
+    pub priority: Option<&'static str>,
+    /// Prompt and completion tokens of the answer's usage (OpenAI routes).
+    pub tokens: Option<u64>,
+    /// The model the request was sent for (OpenAI routes).
+    pub model: Option<&'a str>,
+    /// The model it asked for, when a fallback served it instead.
+    pub fallback_from: Option<&'a str>,
 }
 
 /// Queues `line` for stdout, with only `fields` when that list is not empty.

@@ -71,6 +71,7 @@ pub(super) struct Reply {
     body: Bytes,
     keepalive: bool,
     code: Option<&'static str>,
+    kind: Option<&'static str>,
     extra: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -81,6 +82,7 @@ impl Reply {
             body,
             keepalive: true,
             code: None,
+            kind: None,
             extra: Vec::new(),
         }
     }
@@ -99,6 +101,12 @@ impl Reply {
     /// The `code` of an OpenAI error body.
     pub(super) fn code(mut self, code: &'static str) -> Reply {
         self.code = Some(code);
+        self
+    }
+
+    /// The `type` of an OpenAI error body, when not the one the status implies.
+    pub(super) fn kind(mut self, kind: &'static str) -> Reply {
+        self.kind = Some(kind);
         self
     }
 
@@ -126,6 +134,7 @@ impl Edge {
             body,
             keepalive,
             code,
+            kind,
             mut extra,
         } = reply;
         let (body, content_type) = if ctx.openai.on && status >= 400 {
@@ -135,12 +144,13 @@ impl Edge {
                 .trim_start_matches(|c: char| c.is_ascii_digit())
                 .trim();
             (
-                openai::error_body(status, message, code),
+                openai::error_body(status, message, code, kind),
                 "application/json",
             )
         } else {
             (body, "text/plain; charset=utf-8")
         };
+        extra.extend(ctx.client.limit_headers.iter().cloned());
         if let (Some(origin), Some(cors)) = (
             &ctx.client.cors_origin,
             ctx.route.as_ref().and_then(|r| r.cors.as_ref()),

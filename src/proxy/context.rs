@@ -1,7 +1,7 @@
 //! What one request carries from hook to hook, grouped by what it is about.
 
 use super::filters::body::{Held, Pace, Replay};
-use super::openai::UsageScanner;
+use super::openai::{UsageHider, UsageScanner};
 use crate::runtime::policy::auth::ClientKey;
 use crate::runtime::pool::{InflightGuard, Member};
 use crate::runtime::router::Route;
@@ -19,6 +19,8 @@ pub struct Ctx {
     pub(super) attempt: Attempt,
     pub(super) body: BodyState,
     pub(super) openai: OpenAi,
+    pub(super) queue: Queued,
+    pub(super) tokens: Tokens,
     /// The route's `timeouts.total`, as an instant.
     pub(super) deadline: Option<Instant>,
     /// A WebSocket (or other) upgrade: no body deadlines, the idle limit instead.
@@ -37,6 +39,8 @@ pub(super) struct Client {
     pub(super) key: Option<ClientKey>,
     /// The request's `Origin`, when the route's CORS allows it.
     pub(super) cors_origin: Option<http::HeaderValue>,
+    /// `x-ratelimit-*` of the route's limits, for every answer.
+    pub(super) limit_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// The backends tried so far and the one being tried.
@@ -64,17 +68,48 @@ pub(super) struct BodyState {
     pub(super) held: Option<Held>,
     /// A body read before choosing the backend, replayed in full to it.
     pub(super) replay: Option<Replay>,
+    /// The replayed body is not the client's (a model or `stream_options` rewritten): its
+    /// length is sent anew.
+    pub(super) rewritten: bool,
     /// When the request body must be complete (`edge.body_timeout`).
     pub(super) deadline: Option<Instant>,
+}
+
+/// The request's time in its pool's queue, if it waited there.
+#[derive(Default)]
+pub(super) struct Queued {
+    pub(super) priority: Option<crate::config::Priority>,
+    pub(super) waited: Option<std::time::Duration>,
+    /// Why the queue gave no slot (answered 503).
+    pub(super) refused: Option<crate::runtime::queue::Refused>,
+}
+
+/// The token budgets the request was admitted under, and what its answer used.
+#[derive(Default)]
+pub(super) struct Tokens {
+    pub(super) budgets: Vec<crate::runtime::policy::budget::Budget>,
+    /// Prompt and completion tokens of the answer's `usage`.
+    pub(super) used: Option<u64>,
+    pub(super) charged: bool,
 }
 
 /// The `openai: true` side of the request.
 #[derive(Default)]
 pub(super) struct OpenAi {
     pub(super) on: bool,
+    /// The model the request is sent for now (after aliases and fallbacks).
     pub(super) model: Option<String>,
+    /// The model it asked for, aliases resolved: where its fallback chain starts.
+    pub(super) first: Option<String>,
+    /// The start of its prompt, for `affinity: {key: prompt_prefix}`.
+    pub(super) prefix_key: Option<Vec<u8>>,
+    /// A fallback model was taken because no backend could take the one before.
+    pub(super) fell_back: bool,
     pub(super) usage: Option<UsageScanner>,
     pub(super) first_byte: bool,
+    /// The stream's usage chunk was asked for by switchyard, not the client: it is removed.
+    pub(super) hide_usage: bool,
+    pub(super) usage_filter: Option<UsageHider>,
 }
 
 impl Ctx {
@@ -87,6 +122,8 @@ impl Ctx {
             attempt: Attempt::default(),
             body: BodyState::default(),
             openai: OpenAi::default(),
+            queue: Queued::default(),
+            tokens: Tokens::default(),
             deadline: None,
             upgrade: false,
         }
@@ -113,7 +150,9 @@ impl Ctx {
             .as_ref()
             .map(|s| s.edge.min_body_rate)
             .unwrap_or_default();
-        Pace::new(self.started, rate.bytes_per_second, rate.grace.get())
+        // Time in the queue is not the client's: the body is not read while it waits.
+        let start = self.started + self.queue.waited.unwrap_or_default();
+        Pace::new(start, rate.bytes_per_second, rate.grace.get())
     }
 
     pub(super) fn retries(&self) -> u32 {

@@ -6,11 +6,15 @@ use super::context::Ctx;
 use super::filters::body::{self, PreRead, Replay};
 use super::openai::{self, UsageScanner};
 use super::Edge;
+use crate::config::AffinityKey;
 use crate::metrics;
 use crate::runtime::router::Route;
 use bytes::Bytes;
 use pingora::prelude::*;
 use pingora::proxy::Session;
+
+/// The model that served the request, on every proxied answer of an OpenAI route.
+pub(super) const MODEL_HEADER: &str = "x-switchyard-model";
 
 impl Edge {
     /// Keys, `/v1/models` and the model of the body, for `openai: true` routes.
@@ -25,8 +29,18 @@ impl Edge {
         let pool = route.pool().cloned();
         if method == http::Method::GET && session.req_header().uri.path().ends_with("/models") {
             let mut models = pool.as_ref().map(|p| p.models()).unwrap_or_default();
+            let aliases = &route.config.openai.models().aliases;
+            let named: Vec<String> = aliases
+                .iter()
+                .filter(|(_, target)| models.contains(target))
+                .map(|(alias, _)| alias.clone())
+                .collect();
+            models.extend(named);
+            models.sort();
+            models.dedup();
             if let Some(k) = &ctx.client.key {
-                models.retain(|m| k.allows(m));
+                let names = route.config.openai.models();
+                models.retain(|m| k.allows(m) || k.allows(names.resolve(m)));
             }
             let owner = pool
                 .as_ref()
@@ -95,15 +109,18 @@ impl Edge {
             .map(Some)
     }
 
-    /// Accepts `model` for the request if the pool serves it and the key may use it.
+    /// Accepts the requested model (its alias resolved) if the pool serves it, or it has a
+    /// fallback chain, and the key may use it.
     async fn choose_model(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
         route: &Route,
-        model: String,
+        requested: String,
         replay: Option<Replay>,
     ) -> Result<Option<bool>> {
+        let models = route.config.openai.models();
+        let model = models.resolve(&requested).to_string();
         let pool = route.pool();
         let served = pool.as_ref().is_some_and(|p| {
             p.config
@@ -111,17 +128,55 @@ impl Edge {
                 .iter()
                 .any(|b| b.models.is_empty() || b.models.contains(&model))
         });
-        let allowed = ctx.client.key.as_ref().is_none_or(|k| k.allows(&model));
-        if !served || !allowed {
+        let known = served || models.fallbacks.contains_key(&model);
+        let allowed = ctx
+            .client
+            .key
+            .as_ref()
+            .is_none_or(|k| k.allows(&model) || k.allows(&requested));
+        if !known || !allowed {
             let msg = Bytes::from(format!(
-                "The model `{model}` does not exist or you do not have access to it."
+                "The model `{requested}` does not exist or you do not have access to it."
             ));
             let answer = Reply::new(404, msg).code("model_not_found");
             return self.reply(session, ctx, answer).await.map(Some);
         }
+        let mut replay = replay;
+        if model != requested {
+            if let Some(body) = replay
+                .as_ref()
+                .and_then(|r| openai::with_model(&r.0, &model))
+            {
+                replay = Some(Replay(body));
+                ctx.body.rewritten = true;
+            }
+        }
+        let affinity = pool.and_then(|p| p.config.affinity.as_ref());
+        if let Some(a) = affinity.filter(|a| a.key == AffinityKey::PromptPrefix) {
+            ctx.openai.prefix_key = replay
+                .as_ref()
+                .and_then(|r| openai::prompt_prefix(&r.0, a.prefix_bytes));
+        }
+        ctx.openai.first = Some(model.clone());
         ctx.openai.model = Some(model);
-        ctx.body.replay = replay;
+        ctx.body.replay = replay.map(|r| self.with_usage_asked(ctx, r));
         Ok(None)
+    }
+
+    /// A budgeted stream must report its usage: when the client did not ask for it, the body
+    /// asks, and the answer's usage chunk is hidden again.
+    fn with_usage_asked(&self, ctx: &mut Ctx, replay: Replay) -> Replay {
+        if ctx.tokens.budgets.is_empty() {
+            return replay;
+        }
+        match openai::ask_for_usage(&replay.0) {
+            Some(body) => {
+                ctx.openai.hide_usage = true;
+                ctx.body.rewritten = true;
+                Replay(body)
+            }
+            None => replay,
+        }
     }
 
     /// Time to first token and token usage, read as the answer streams past.
@@ -147,6 +202,8 @@ impl Edge {
                 metrics::OPENAI_TOKENS
                     .with_label_values(&[label, "completion"])
                     .inc_by(usage.completion);
+                ctx.tokens.used = Some(usage.prompt + usage.completion);
+                super::limits::charge(ctx);
             }
         }
     }

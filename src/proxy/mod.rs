@@ -9,11 +9,13 @@
 //! client should see; `logging` writes the access log and metrics.
 
 pub mod access_log;
+mod admission;
 mod answer;
 pub mod connection;
 mod context;
 pub mod filters;
 mod gateway;
+mod limits;
 pub mod openai;
 pub mod redirect;
 mod request;
@@ -21,6 +23,7 @@ mod retry;
 mod upstream;
 
 use crate::metrics;
+use crate::runtime::queue::Refused;
 use crate::runtime::State;
 use answer::Reply;
 use async_trait::async_trait;
@@ -67,7 +70,7 @@ impl ProxyHttp for Edge {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        upstream::choose_peer(session, ctx)
+        upstream::choose_peer(session, ctx).await
     }
 
     fn fail_to_connect(
@@ -136,6 +139,10 @@ impl ProxyHttp for Edge {
         {
             req.insert_header(http::header::AUTHORIZATION, value)?;
         }
+        if let (true, Some(replay)) = (ctx.body.rewritten, &ctx.body.replay) {
+            req.remove_header(&http::header::TRANSFER_ENCODING);
+            req.insert_header(http::header::CONTENT_LENGTH, replay.0.len().to_string())?;
+        }
         headers::edit_request(req, &route.request_headers)?;
         Ok(())
     }
@@ -202,12 +209,21 @@ impl ProxyHttp for Edge {
         if retry::retry_on_status(session, ctx, &route, pool, &member, status) {
             return Error::e_explain(HTTPStatus(status), "retry_on: trying another backend");
         }
+        if (status == 429 || status >= 500) && retry::fall_back(ctx, status) {
+            return Error::e_explain(HTTPStatus(status), "falling back to the next model");
+        }
         if ctx.openai.on {
             let ct = resp
                 .headers
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());
             ctx.openai.usage = UsageScanner::for_content_type(ct);
+            let sse = matches!(ctx.openai.usage, Some(UsageScanner::Sse { .. }));
+            if ctx.openai.hide_usage && sse {
+                // Events are removed: the length the backend sent no longer holds.
+                resp.remove_header(&http::header::CONTENT_LENGTH);
+                ctx.openai.usage_filter = Some(openai::UsageHider::default());
+            }
         }
         Ok(())
     }
@@ -220,6 +236,12 @@ impl ProxyHttp for Edge {
     ) -> Result<()> {
         ctx.attempt.response_started = true;
         resp.insert_header(request_id::HEADER, ctx.client.request_id.as_str())?;
+        for (name, value) in &ctx.client.limit_headers {
+            resp.insert_header(name.clone(), value.clone())?;
+        }
+        if let (true, Some(model)) = (ctx.openai.on, &ctx.openai.model) {
+            resp.insert_header(gateway::MODEL_HEADER, model.as_str())?;
+        }
         if let Some(tls) = ctx.security(self.listener.tls) {
             headers::security(resp, tls)?;
         }
@@ -250,6 +272,10 @@ impl ProxyHttp for Edge {
         }
         if ctx.openai.on {
             self.observe_openai(body.as_deref(), end_of_stream, ctx);
+            if let Some(hider) = ctx.openai.usage_filter.as_mut() {
+                let chunk = body.take().unwrap_or_default();
+                *body = Some(hider.filter(&chunk, end_of_stream));
+            }
         }
         Ok(None)
     }
@@ -264,8 +290,12 @@ impl ProxyHttp for Edge {
         }
         let reason = match code {
             413 => "request body too large",
-            503 if ctx.attempt.all_full => "every backend is busy, retry later",
-            503 => "no healthy backend",
+            503 => match ctx.queue.refused {
+                Some(Refused::Full) => "every backend is busy and the queue is full, retry later",
+                Some(_) => "every backend stayed busy while the request waited, retry later",
+                None if ctx.attempt.all_full => "every backend is busy, retry later",
+                None => "no healthy backend",
+            },
             504 => "upstream timed out",
             408 => "request body too slow",
             502 => "bad gateway",
@@ -281,7 +311,7 @@ impl ProxyHttp for Edge {
             answer = answer.closing();
         }
         if ctx.attempt.all_full {
-            answer = answer.header(
+            answer = answer.kind("server_overloaded").header(
                 http::header::RETRY_AFTER,
                 http::HeaderValue::from_static("1"),
             );
@@ -296,6 +326,7 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        limits::charge(ctx);
         if let Some(guard) = session.as_downstream().stream().and_then(HeadGuard::of) {
             guard.rearm();
         }
@@ -336,6 +367,15 @@ impl ProxyHttp for Edge {
             upstream_ms: ctx.attempt.upstream_ms,
             tries: ctx.attempt.tries,
             error: e.map(|e| e.etype().as_str().to_string()),
+            queued_ms: ctx.queue.waited.map(|d| d.as_secs_f64() * 1000.0),
+            priority: ctx.queue.priority.map(|p| p.as_str()),
+            tokens: ctx.tokens.used,
+            model: ctx.openai.model.as_deref(),
+            fallback_from: ctx
+                .openai
+                .first
+                .as_deref()
+                .filter(|first| ctx.openai.model.as_deref() != Some(*first)),
         };
         let fields = ctx
             .snapshot

@@ -22,6 +22,153 @@ pub fn model_of(body: &[u8]) -> Result<String, &'static str> {
     }
 }
 
+/// The body with its `model` replaced (an alias resolved, a fallback taken).
+pub fn with_model(body: &[u8], model: &str) -> Option<Bytes> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    v.as_object_mut()?
+        .insert("model".into(), Value::String(model.to_string()));
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+/// The beginning of the request's prompt, for `affinity: {key: prompt_prefix}`: each
+/// message's role and text in order (or `prompt`), cut at `limit` bytes. Requests that share
+/// a system prompt or a conversation's history begin the same.
+pub fn prompt_prefix(body: &[u8], limit: usize) -> Option<Vec<u8>> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let mut out = Vec::with_capacity(limit.min(4096));
+    let mut push = |text: &str| {
+        let room = limit.saturating_sub(out.len());
+        let cut = floor_char_boundary(text, room);
+        out.extend_from_slice(&text.as_bytes()[..cut]);
+        out.len() < limit
+    };
+    if let Some(messages) = v.get("messages").and_then(Value::as_array) {
+        'messages: for m in messages {
+            let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+            if !push(role) || !push("\u{1e}") {
+                break;
+            }
+            for text in content_texts(m.get("content")) {
+                if !push(text) {
+                    break 'messages;
+                }
+            }
+            if !push("\u{1f}") {
+                break;
+            }
+        }
+    } else {
+        match v.get("prompt") {
+            Some(Value::String(p)) => {
+                push(p);
+            }
+            Some(Value::Array(items)) => {
+                if let Some(Value::String(p)) = items.first() {
+                    push(p);
+                }
+            }
+            _ => {}
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The text of a message's `content`: a string, or the `text` of its parts.
+fn content_texts(content: Option<&Value>) -> Vec<&str> {
+    match content {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    if at >= s.len() {
+        return s.len();
+    }
+    (0..=at).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0)
+}
+
+/// The body with `stream_options.include_usage: true` added, when it asks for a stream
+/// without usage: budgets count what the final usage chunk reports. `None` when the body
+/// needs no change.
+pub fn ask_for_usage(body: &[u8]) -> Option<Bytes> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object_mut()?;
+    if obj.get("stream") != Some(&Value::Bool(true)) {
+        return None;
+    }
+    let options = obj.entry("stream_options").or_insert_with(|| json!({}));
+    let options = options.as_object_mut()?;
+    if options.get("include_usage") == Some(&Value::Bool(true)) {
+        return None;
+    }
+    options.insert("include_usage".into(), Value::Bool(true));
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+/// Removes from a stream what `ask_for_usage` made the backend add: the final chunk with
+/// the usage (empty `choices`) and the `"usage": null` of every other chunk. Other events
+/// pass byte for byte; only an event not yet complete is held.
+#[derive(Default)]
+pub struct UsageHider {
+    partial: BytesMut,
+}
+
+impl UsageHider {
+    /// The part of the stream the client gets for `chunk`; `end` flushes what is held.
+    pub fn filter(&mut self, chunk: &[u8], end: bool) -> Bytes {
+        self.partial.extend_from_slice(chunk);
+        let mut out = BytesMut::with_capacity(self.partial.len());
+        while let Some(len) = event_len(&self.partial) {
+            let event = self.partial.split_to(len);
+            match rewrite_event(&event) {
+                Some(Some(changed)) => out.extend_from_slice(&changed),
+                Some(None) => {}
+                None => out.extend_from_slice(&event),
+            }
+        }
+        if end || self.partial.len() > SSE_LINE_LIMIT {
+            out.extend_from_slice(&self.partial.split());
+        }
+        out.freeze()
+    }
+}
+
+/// The length of the first complete SSE event (through its blank line), if there is one.
+fn event_len(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `None`: pass the event as it is; `Some(None)`: drop it; `Some(Some(bytes))`: send these.
+fn rewrite_event(event: &[u8]) -> Option<Option<Bytes>> {
+    let text = std::str::from_utf8(event).ok()?;
+    let data = text.trim().strip_prefix("data:")?.trim();
+    if !data.contains("\"usage\"") {
+        return None;
+    }
+    let mut v: Value = serde_json::from_str(data).ok()?;
+    let obj = v.as_object_mut()?;
+    let usage = obj.get("usage")?;
+    if !usage.is_null() {
+        let no_choices = obj
+            .get("choices")
+            .and_then(Value::as_array)
+            .is_some_and(|c| c.is_empty());
+        return no_choices.then_some(None);
+    }
+    obj.remove("usage");
+    Some(Some(Bytes::from(format!("data: {v}\n\n"))))
+}
+
 /// The `/v1/models` list.
 pub fn models_list(models: &[String], owner: &str) -> Bytes {
     let data: Vec<Value> = models
@@ -31,9 +178,10 @@ pub fn models_list(models: &[String], owner: &str) -> Bytes {
     Bytes::from(json!({"object": "list", "data": data}).to_string())
 }
 
-/// `{"error":{"message","type","code"}}` for an answer the proxy gives itself.
-pub fn error_body(status: u16, message: &str, code: Option<&str>) -> Bytes {
-    let (kind, default_code) = match status {
+/// `{"error":{"message","type","code"}}` for an answer the proxy gives itself; `kind`
+/// overrides the type the status implies.
+pub fn error_body(status: u16, message: &str, code: Option<&str>, kind: Option<&str>) -> Bytes {
+    let (default_kind, default_code) = match status {
         400 | 404 | 405 | 411 | 413 => ("invalid_request_error", None),
         401 => ("invalid_request_error", Some("invalid_api_key")),
         403 => ("permission_error", Some("forbidden")),
@@ -42,7 +190,7 @@ pub fn error_body(status: u16, message: &str, code: Option<&str>) -> Bytes {
         _ => ("server_error", None),
     };
     Bytes::from(
-        json!({"error": {"message": message, "type": kind, "code": code.or(default_code)}})
+        json!({"error": {"message": message, "type": kind.unwrap_or(default_kind), "code": code.or(default_code)}})
             .to_string(),
     )
 }
@@ -186,6 +334,58 @@ mod tests {
     }
 
     #[test]
+    fn prompt_prefixes_agree_on_shared_beginnings() {
+        let system = "You are a helpful assistant. ".repeat(20);
+        let turn = |extra: &str| {
+            let v = json!({"model": "m", "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": extra}]});
+            serde_json::to_vec(&v).unwrap()
+        };
+        let a = prompt_prefix(&turn("first question"), 256).unwrap();
+        let b = prompt_prefix(&turn("another question"), 256).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 256);
+        let long = prompt_prefix(&turn("first question"), 100_000).unwrap();
+        let other = prompt_prefix(&turn("another question"), 100_000).unwrap();
+        assert_ne!(long, other);
+        let p = prompt_prefix(br#"{"model":"m","prompt":"Once upon a time"}"#, 4).unwrap();
+        assert_eq!(p, b"Once");
+        assert!(prompt_prefix(br#"{"model":"m"}"#, 10).is_none());
+        // Never cut inside a character.
+        let v = json!({"model": "m", "prompt": "ééé"});
+        let p = prompt_prefix(&serde_json::to_vec(&v).unwrap(), 3).unwrap();
+        assert_eq!(p, "é".as_bytes());
+    }
+
+    #[test]
+    fn usage_is_asked_for_only_when_a_stream_lacks_it() {
+        let asked = ask_for_usage(br#"{"model":"m","stream":true}"#).unwrap();
+        let v: Value = serde_json::from_slice(&asked).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert!(ask_for_usage(br#"{"model":"m"}"#).is_none());
+        assert!(ask_for_usage(
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn the_added_usage_is_hidden_wherever_the_stream_is_cut() {
+        let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
+        for cut in 1..stream.len() {
+            let mut h = UsageHider::default();
+            let mut out = h.filter(&stream[..cut], false).to_vec();
+            out.extend_from_slice(&h.filter(&stream[cut..], true));
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(
+                text, "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n",
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
     fn finds_usage_in_json() {
         let mut s = UsageScanner::for_content_type(Some("application/json")).unwrap();
         s.feed(br#"{"usage":{"prompt_tokens":2,"#);
@@ -201,9 +401,13 @@ mod tests {
 
     #[test]
     fn error_shape() {
-        let v: Value =
-            serde_json::from_slice(&error_body(404, "no such model", Some("model_not_found")))
-                .unwrap();
+        let v: Value = serde_json::from_slice(&error_body(
+            404,
+            "no such model",
+            Some("model_not_found"),
+            None,
+        ))
+        .unwrap();
         assert_eq!(v["error"]["code"], "model_not_found");
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["message"], "no such model");

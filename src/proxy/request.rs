@@ -1,12 +1,13 @@
 //! `request_filter`, step by step: who is asking, the normalised path, the edge's allow/deny,
 //! the route, then the route's policies in order (allow/deny, CORS preflight, auth, rate
-//! limit, body size), for proxied and `respond` routes alike.
+//! limit, token budgets, body size), for proxied and `respond` routes alike.
 
 use super::answer::Reply;
 use super::context::Ctx;
 use super::filters::body::{self, Declared, Held};
 use super::filters::path::{self, BadPath};
 use super::filters::{client_ip, request_id};
+use super::limits;
 use super::Edge;
 use crate::metrics;
 use crate::runtime::policy::cors::Cors;
@@ -62,7 +63,7 @@ impl Edge {
             return self.reply(session, ctx, Reply::text(404, "no route")).await;
         };
         ctx.route = Some(route.clone());
-        ctx.openai.on = route.config.openai;
+        ctx.openai.on = route.config.openai.is_on();
         if let Some(done) = self.route_policies(session, ctx, &route).await? {
             return Ok(done);
         }
@@ -124,14 +125,25 @@ impl Edge {
         }
         if let Some(limiter) = &route.rate {
             let headers = &session.req_header().headers;
-            if let Err(limited) = limiter.check(ctx.client.ip, headers, ctx.client.key.as_ref()) {
-                metrics::RATE_LIMITED
-                    .with_label_values(&[route.name.as_str()])
-                    .inc();
-                let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                let answer = Reply::text(429, "too many requests")
-                    .header(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
-                return self.reply(session, ctx, answer).await.map(Some);
+            match limiter.check(ctx.client.ip, headers, ctx.client.key.as_ref()) {
+                Ok(left) => limits::note_requests(ctx, limiter.allowed, left),
+                Err(limited) => {
+                    metrics::RATE_LIMITED
+                        .with_label_values(&[route.name.as_str()])
+                        .inc();
+                    limits::requests_spent(ctx, limiter.allowed, limited.retry_after);
+                    let answer = Reply::text(429, "too many requests").header(
+                        http::header::RETRY_AFTER,
+                        limits::seconds(limited.retry_after),
+                    );
+                    return self.reply(session, ctx, answer).await.map(Some);
+                }
+            }
+        }
+        if let Some(snap) = ctx.snapshot.clone() {
+            let headers = &session.req_header().headers;
+            if let Some(spent) = limits::check_tokens(ctx, &snap, route, headers) {
+                return self.reply(session, ctx, spent).await.map(Some);
             }
         }
         let limit = route.config.max_body.0;

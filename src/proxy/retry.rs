@@ -70,6 +70,58 @@ pub(super) fn retry_on_status(
     true
 }
 
+/// Switches an OpenAI request to the next model of its fallback chain (`openai.fallbacks`),
+/// with `model` rewritten in its body; false when there is none, the client's key may not
+/// use it, or the answer already started. `status` is what made the last attempt fail (0:
+/// no backend could take it).
+pub(super) fn fall_back(ctx: &mut Ctx, status: u16) -> bool {
+    let Some(route) = ctx.route.clone() else {
+        return false;
+    };
+    if !ctx.openai.on || ctx.attempt.response_started {
+        return false;
+    }
+    let models = route.config.openai.models();
+    let (Some(first), Some(mut current)) = (ctx.openai.first.clone(), ctx.openai.model.clone())
+    else {
+        return false;
+    };
+    let next = loop {
+        let Some(next) = models.next_after(&first, &current) else {
+            return false;
+        };
+        if ctx.client.key.as_ref().is_none_or(|k| k.allows(next)) {
+            break next.to_string();
+        }
+        current = next.to_string();
+    };
+    let Some(body) = ctx
+        .body
+        .replay
+        .as_ref()
+        .and_then(|r| super::openai::with_model(&r.0, &next))
+    else {
+        return false;
+    };
+    let from = ctx.openai.model.replace(next.clone()).unwrap_or_default();
+    ctx.body.replay = Some(super::filters::body::Replay(body));
+    ctx.body.rewritten = true;
+    // The next model's backends are new to this request.
+    ctx.attempt.tried.clear();
+    if status != 0 {
+        ctx.attempt.retrying_status = Some(status);
+    }
+    metrics::OPENAI_FALLBACKS
+        .with_label_values(&[route.name.as_str(), from.as_str(), next.as_str()])
+        .inc();
+    log::debug!(
+        "route {}: request {} falls back from {from} to {next}",
+        route.name,
+        ctx.client.request_id
+    );
+    true
+}
+
 /// Whether the request's body can be sent once more: none, pre-read, or still in Pingora's
 /// retry buffer.
 fn body_replayable(session: &Session, ctx: &Ctx) -> bool {

@@ -1,50 +1,62 @@
 //! `upstream_peer`: a healthy backend of the route's pool that has not been tried yet, with
-//! its `max_inflight` slot taken in the same step.
+//! its `max_inflight` slot taken in the same step, or, when the pool has a queue and every
+//! backend is full, the first slot that frees.
 
+use super::admission;
 use super::context::Ctx;
+use super::retry;
+use crate::config::AffinityKey;
 use crate::metrics;
-use crate::runtime::pool::{client_ip_key, NoBackend};
+use crate::runtime::pool::{client_ip_key, InflightGuard, Member, NoBackend, Pool};
+use crate::runtime::queue::{Queue, Refused};
 use crate::runtime::HashOn;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub(super) fn choose_peer(session: &Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+pub(super) async fn choose_peer(session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
     let route = ctx
         .route
         .clone()
         .ok_or_else(|| Error::explain(InternalError, "no route in context"))?;
     let pool = route
         .pool()
+        .cloned()
         .ok_or_else(|| Error::explain(InternalError, "route has no pool"))?;
-    let mut buf = [0u8; 16];
-    let key = match &pool.hash_on {
-        Some(how) => hash_key(how, session.req_header(), &ctx.client.ip, &mut buf),
-        None => b"",
-    };
-    let tried = &ctx.attempt.tried;
-    let chosen = pool.select_reserved(key, ctx.openai.model.as_deref(), |a| !tried.contains(a));
-    let (member, slot) = match chosen {
-        Ok(chosen) => chosen,
-        Err(why) => {
-            if let Some(status) = ctx.attempt.retrying_status {
-                let msg = format!("pool {}: the last backend answered {status}", pool.name);
-                return Error::e_explain(HTTPStatus(status), msg);
-            }
-            if !ctx.attempt.tried.is_empty() {
-                let msg = format!("pool {}: every attempt failed", pool.name);
-                return Error::e_explain(HTTPStatus(502), msg);
-            }
-            ctx.attempt.all_full = why == NoBackend::AllFull;
-            let msg = match why {
-                NoBackend::AllFull => {
-                    format!("pool {}: every backend is at max_inflight", pool.name)
+    let (member, slot) = loop {
+        let failed = match pick(session, ctx, &pool) {
+            Pick::Chosen(chosen) => break chosen,
+            Pick::Queue(queue, key) => {
+                match admission::wait_for_slot(session, ctx, &route, &queue, key).await {
+                    Ok(chosen) => break chosen,
+                    Err(Refused::Gone) => {
+                        return Err(Error::explain(
+                            ConnectionClosed,
+                            "the client left while its request waited in the queue",
+                        )
+                        .into_down())
+                    }
+                    Err(why) => Failed::Queue(why),
                 }
-                NoBackend::Unavailable => format!("pool {}: no healthy backend", pool.name),
-            };
-            return Error::e_explain(HTTPStatus(503), msg);
+            }
+            Pick::None(why) => Failed::Now(why),
+        };
+        // No backend can take this model: the next one of its fallback chain may.
+        if ctx.attempt.retrying_status.is_none() && retry::fall_back(ctx, 0) {
+            ctx.openai.fell_back = true;
+            continue;
         }
+        return match failed {
+            Failed::Now(why) => no_backend(ctx, &pool, why),
+            Failed::Queue(why) => {
+                ctx.attempt.all_full = true;
+                ctx.queue.refused = Some(why);
+                let msg = format!("pool {}: queue {}", pool.name, why.as_str());
+                Error::e_explain(HTTPStatus(503), msg)
+            }
+        };
     };
     ctx.attempt.retrying_status = None;
     if ctx.attempt.tries > 0 {
@@ -72,6 +84,70 @@ pub(super) fn choose_peer(session: &Session, ctx: &mut Ctx) -> Result<Box<HttpPe
     ctx.attempt.upstream_started = Some(Instant::now());
     ctx.attempt.backend = Some(member);
     Ok(Box::new(peer))
+}
+
+enum Failed {
+    Now(NoBackend),
+    Queue(Refused),
+}
+
+enum Pick {
+    Chosen((Member, InflightGuard)),
+    /// Wait in the pool's queue, with the request's hash key.
+    Queue(Arc<Queue>, Vec<u8>),
+    None(NoBackend),
+}
+
+/// A backend now, or a place in the queue: when every backend is full, or when others wait
+/// already (a new request does not jump the line). Retries never queue.
+fn pick(session: &Session, ctx: &Ctx, pool: &Pool) -> Pick {
+    let mut buf = [0u8; 16];
+    let key = match (&pool.config.affinity, &pool.hash_on) {
+        (Some(a), _) => affinity_key(&a.key, session.req_header(), ctx),
+        (None, Some(how)) => hash_key(how, session.req_header(), &ctx.client.ip, &mut buf),
+        (None, None) => b"",
+    };
+    // Retries and fallbacks take what is free now.
+    let queue = pool
+        .queue
+        .as_ref()
+        .filter(|_| ctx.attempt.tries == 0 && !ctx.openai.fell_back);
+    if let Some(q) = queue.filter(|q| q.waiting() > 0) {
+        return Pick::Queue(q.clone(), key.to_vec());
+    }
+    let tried = &ctx.attempt.tried;
+    let chosen = pool.select_reserved(key, ctx.openai.model.as_deref(), |a| !tried.contains(a));
+    match (chosen, queue) {
+        (Ok(chosen), _) => Pick::Chosen(chosen),
+        (Err(NoBackend::AllFull), Some(q)) => Pick::Queue(q.clone(), key.to_vec()),
+        (Err(why), _) => Pick::None(why),
+    }
+}
+
+/// The error that becomes the answer when no backend was picked.
+fn no_backend(ctx: &mut Ctx, pool: &Pool, why: NoBackend) -> Result<Box<HttpPeer>> {
+    if let Some(status) = ctx.attempt.retrying_status {
+        let msg = format!("pool {}: the last backend answered {status}", pool.name);
+        return Error::e_explain(HTTPStatus(status), msg);
+    }
+    if !ctx.attempt.tried.is_empty() {
+        let msg = format!("pool {}: every attempt failed", pool.name);
+        return Error::e_explain(HTTPStatus(502), msg);
+    }
+    ctx.attempt.all_full = why == NoBackend::AllFull;
+    let msg = match why {
+        NoBackend::AllFull => format!("pool {}: every backend is at max_inflight", pool.name),
+        NoBackend::Unavailable => format!("pool {}: no healthy backend", pool.name),
+    };
+    Error::e_explain(HTTPStatus(503), msg)
+}
+
+/// What `affinity` keeps together for this request: the start of its prompt, or a header.
+fn affinity_key<'a>(key: &AffinityKey, req: &'a RequestHeader, ctx: &'a Ctx) -> &'a [u8] {
+    match key {
+        AffinityKey::PromptPrefix => ctx.openai.prefix_key.as_deref().unwrap_or(b""),
+        AffinityKey::Header(name) => req.headers.get(name).map_or(&b""[..], |v| v.as_bytes()),
+    }
 }
 
 /// The bytes a `consistent_hash` pool hashes for this request.

@@ -1,8 +1,11 @@
 //! The running state: the current snapshot behind one `ArcSwap`, and how it is replaced.
 
 mod health;
+pub mod load;
+pub mod placement;
 pub mod policy;
 pub mod pool;
+pub mod queue;
 pub mod router;
 pub mod snapshot;
 pub mod supervisor;
@@ -140,9 +143,11 @@ impl State {
             admin_listen: c.admin.listen.clone(),
             server: c.server.clone(),
         };
+        let first = Arc::new(first);
+        first.activate(None);
         State {
             path,
-            current: ArcSwap::from_pointee(first),
+            current: ArcSwap::new(first),
             certs,
             started,
             last_reload: Mutex::new(ReloadStatus {
@@ -241,9 +246,10 @@ impl State {
     async fn swap_in(&self, loaded: Loaded, source: Source) {
         let hash = loaded.hash.clone();
         let previous = self.snapshot();
-        let next = Snapshot::build(loaded, Some(&previous)).await;
+        let next = Arc::new(Snapshot::build(loaded, Some(&previous)).await);
         self.reload_certificates(&next);
-        self.current.store(Arc::new(next));
+        self.current.store(next.clone());
+        next.activate(Some(&previous));
         self.record(source, Ok(()));
         log::info!(
             "config {} applied (source: {})",

@@ -6,6 +6,9 @@
 //! surviving backend keeps its health state and the balancer its position.
 
 use super::health::{self, HealthTable};
+use super::load::{self, LoadState};
+use super::placement::{self, Candidate, Ring};
+use super::queue::Queue;
 use crate::config::{
     BackendConfig, Balance, HealthCheckConfig, HostPort, PoolConfig, UpstreamTlsSettings,
 };
@@ -56,6 +59,8 @@ pub struct BackendStats {
     pub failures: AtomicU32,
     /// Until when (ms since the process's start) passive health keeps it out; 0 = not ejected.
     ejected_until: AtomicU64,
+    /// The engine's own load, for `least_load`.
+    pub load: LoadState,
 }
 
 impl BackendStats {
@@ -85,12 +90,16 @@ impl Member {
     }
 }
 
-/// Holds one unit of a backend's in-flight count until dropped.
-pub struct InflightGuard(Arc<BackendStats>);
+/// Holds one unit of a backend's in-flight count until dropped; dropping it offers the
+/// slot to the pool's queue, if it has one.
+pub struct InflightGuard {
+    stats: Arc<BackendStats>,
+    queue: Option<Arc<Queue>>,
+}
 
 impl InflightGuard {
     /// Takes one of `member`'s `max_inflight` slots, atomically; `None` when it is full.
-    pub fn reserve(member: &Member) -> Option<Self> {
+    fn reserve(member: &Member, queue: Option<&Arc<Queue>>) -> Option<Self> {
         let max = member.meta.max_inflight.unwrap_or(usize::MAX);
         member
             .stats
@@ -99,13 +108,21 @@ impl InflightGuard {
                 (n < max).then_some(n + 1)
             })
             .ok()?;
-        Some(InflightGuard(member.stats.clone()))
+        Some(InflightGuard {
+            stats: member.stats.clone(),
+            queue: queue.cloned(),
+        })
     }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        // SeqCst pairs with the queue's count: either this release sees a request that just
+        // queued, or that request's own dispatch sees the freed slot.
+        self.stats.inflight.fetch_sub(1, Ordering::SeqCst);
+        if let Some(q) = &self.queue {
+            q.dispatch();
+        }
     }
 }
 
@@ -167,7 +184,9 @@ impl Balancer {
         match balance {
             Balance::Random => Balancer::Random(lb(backends)),
             Balance::ConsistentHash => Balancer::Consistent(lb(backends)),
-            Balance::RoundRobin | Balance::LeastRequests => Balancer::RoundRobin(lb(backends)),
+            Balance::RoundRobin | Balance::LeastRequests | Balance::LeastLoad => {
+                Balancer::RoundRobin(lb(backends))
+            }
         }
     }
 
@@ -202,7 +221,12 @@ pub struct LbHandle {
     pub check_every: Option<Duration>,
     pub next_check: Mutex<Instant>,
     pub checking: std::sync::atomic::AtomicBool,
+    /// When `least_load` reads the engines' metrics next, and whether a read is running.
+    pub next_scrape: Mutex<Instant>,
+    pub scraping: std::sync::atomic::AtomicBool,
     stats: Mutex<HashMap<SocketAddr, Arc<BackendStats>>>,
+    /// The `affinity` ring of the current members.
+    ring: ArcSwap<Ring>,
 }
 
 impl LbHandle {
@@ -224,6 +248,8 @@ impl LbHandle {
     /// Stores a new member list and rebuilds the selector. Health of kept members survives.
     pub async fn set_members(&self, mut members: Vec<Member>) {
         self.attach_counters(&mut members);
+        let ring = Ring::new(members.iter().map(|m| (m.addr, m.meta.weight)));
+        self.ring.store(Arc::new(ring));
         self.members.store(Arc::new(members));
         if let Err(e) = self.balancer.update().await {
             log::error!("cannot update the balancer: {e}");
@@ -259,6 +285,8 @@ pub struct Pool {
     pub lb: Arc<LbHandle>,
     pub hash_on: Option<HashOn>,
     tls: Option<UpstreamTlsSettings>,
+    /// `queue:`; kept across reloads by a pool of the same name.
+    pub queue: Option<Arc<Queue>>,
 }
 
 impl Pool {
@@ -285,12 +313,22 @@ impl Pool {
             crate::metrics::set_backend_ejected(name, &addr, m.stats.is_ejected());
             crate::metrics::CONNECT_FAILURES.with_label_values(&[name, addr.as_str()]);
         }
+        let queue = config
+            .queue
+            .map(|settings| match previous.and_then(|p| p.queue.clone()) {
+                Some(q) => {
+                    q.configure(settings);
+                    q
+                }
+                None => Arc::new(Queue::new(name, settings)),
+            });
         Pool {
             name: name.to_string(),
             config: config.clone(),
             lb,
             hash_on: config.hash_on.clone(),
             tls,
+            queue,
         }
     }
 
@@ -306,20 +344,32 @@ impl Pool {
         let usable = |m: &Member| {
             !m.meta.drain && !m.stats.is_ejected() && m.meta.serves(model) && accept(&m.addr)
         };
-        let chosen = if self.config.balance == Balance::LeastRequests {
-            self.least_requests(&members, |m| usable(m) && m.has_room())
-        } else {
-            let find = |addr: &SocketAddr| members.iter().find(|m| m.addr == *addr);
-            self.lb
-                .balancer
-                .select_with(key, |b, healthy| {
-                    healthy
-                        && b.addr
-                            .as_inet()
-                            .and_then(find)
-                            .is_some_and(|m| usable(m) && m.has_room())
-                })
-                .and_then(|b| b.addr.as_inet().and_then(find).cloned())
+        let ok = |m: &Member| usable(m) && m.has_room();
+        let chosen = match (&self.config.affinity, self.config.balance) {
+            (Some(affinity), balance) if !key.is_empty() => {
+                let candidates = self.candidates(&members, ok);
+                let ring = self.lb.ring.load();
+                let least_load = balance == Balance::LeastLoad;
+                let hash = placement::key_hash(key);
+                placement::bounded(
+                    &ring,
+                    hash,
+                    affinity.max_load_factor,
+                    least_load,
+                    candidates,
+                )
+            }
+            (_, Balance::LeastLoad) => placement::least_loaded(self.candidates(&members, ok)),
+            (_, Balance::LeastRequests) => self.least_requests(&members, ok),
+            _ => {
+                let find = |addr: &SocketAddr| members.iter().find(|m| m.addr == *addr);
+                self.lb
+                    .balancer
+                    .select_with(key, |b, healthy| {
+                        healthy && b.addr.as_inet().and_then(find).is_some_and(ok)
+                    })
+                    .and_then(|b| b.addr.as_inet().and_then(find).cloned())
+            }
         };
         chosen.ok_or_else(|| {
             if members.iter().any(|m| usable(m) && self.is_healthy(m)) {
@@ -341,7 +391,7 @@ impl Pool {
         let mut full: Vec<SocketAddr> = Vec::new();
         loop {
             let member = self.select(key, model, |a| !full.contains(a) && accept(a))?;
-            if let Some(slot) = InflightGuard::reserve(&member) {
+            if let Some(slot) = InflightGuard::reserve(&member, self.queue.as_ref()) {
                 return Ok((member, slot));
             }
             // Filled up between the check and the reservation: try another one.
@@ -350,6 +400,28 @@ impl Pool {
                 return Err(NoBackend::AllFull);
             }
         }
+    }
+
+    /// The healthy members `ok` accepts, with the load placement compares: the engine's own
+    /// (`least_load`), else requests in flight per unit of weight.
+    fn candidates(
+        &self,
+        members: &[Member],
+        ok: impl Fn(&Member) -> bool,
+    ) -> Vec<Candidate<Member>> {
+        let interval = self.config.load.as_ref().map(|l| l.interval.get());
+        members
+            .iter()
+            .filter(|m| ok(m) && self.is_healthy(m))
+            .map(|m| Candidate {
+                addr: m.addr,
+                load: match interval {
+                    Some(every) => load::score(m, every),
+                    None => m.stats.inflight.load(Ordering::Relaxed) as f64 / m.meta.weight as f64,
+                },
+                item: m.clone(),
+            })
+            .collect()
     }
 
     /// Power of two choices: of two random healthy candidates, the one with fewer requests
@@ -510,7 +582,10 @@ async fn build_handle(name: &str, config: &PoolConfig, key: LbKey) -> LbHandle {
         check_every,
         next_check: Mutex::new(Instant::now()),
         checking: Default::default(),
+        next_scrape: Mutex::new(Instant::now()),
+        scraping: Default::default(),
         stats: Default::default(),
+        ring: Default::default(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The whole runtime state compiled from one config version. Requests hold an `Arc` of the
 //! snapshot they started with, so a reload never changes a request in flight.
 
+use super::policy::budget::Budgets;
 use super::pool::Pool;
 use super::router::{Route, Router};
 use crate::config::{Cidr, EscapedSlashes, Loaded, LogField, MinBodyRate};
@@ -30,10 +31,32 @@ pub struct Snapshot {
     pub router: Router,
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub edge: EdgePolicy,
+    /// Token budgets; the same counters in every snapshot of the process.
+    pub budgets: Budgets,
     pub loaded_at: SystemTime,
 }
 
 impl Snapshot {
+    /// Runs once the snapshot is current: queues move to its pools (and dispatch into any
+    /// new room), and the queues of pools that are gone answer their waiting requests.
+    pub fn activate(&self, previous: Option<&Snapshot>) {
+        for pool in self.pools.values() {
+            if let Some(q) = &pool.queue {
+                q.attach(pool);
+            }
+        }
+        let kept = |q: &Arc<super::queue::Queue>| {
+            self.pools
+                .values()
+                .any(|p| p.queue.as_ref().is_some_and(|k| Arc::ptr_eq(k, q)))
+        };
+        for old in previous.into_iter().flat_map(|s| s.pools.values()) {
+            if let Some(q) = old.queue.as_ref().filter(|q| !kept(q)) {
+                q.close();
+            }
+        }
+    }
+
     /// Compiles `loaded`, reusing the balancers (and health state) of `previous`'s pools.
     pub async fn build(loaded: Loaded, previous: Option<&Snapshot>) -> Snapshot {
         let c = &loaded.config;
@@ -71,6 +94,7 @@ impl Snapshot {
             router: Router::new(routes),
             pools,
             edge,
+            budgets: previous.map(|p| p.budgets.clone()).unwrap_or_default(),
             loaded_at: SystemTime::now(),
             loaded,
         }

@@ -78,6 +78,7 @@ impl BackgroundService for Supervisor {
                         let _ = self.state.reload(Source::File, true).await;
                     }
                     self.run_due_checks();
+                    self.run_due_scrapes();
                     self.refresh_dns(&mut dns_due).await;
                 }
             }
@@ -107,6 +108,7 @@ impl Supervisor {
         let now = Instant::now();
         for pool in snapshot.pools.values() {
             let lb = pool.lb.clone();
+            let queue = pool.queue.clone();
             let Some(every) = lb.check_every else {
                 continue;
             };
@@ -120,6 +122,33 @@ impl Supervisor {
             tokio::spawn(async move {
                 lb.balancer.backends().run_health_check(true).await;
                 lb.checking.store(false, Ordering::Release);
+                // A backend that came back has room for the waiting requests.
+                if let Some(q) = queue {
+                    q.dispatch();
+                }
+            });
+        }
+    }
+
+    /// Reads the engines' load metrics of every `least_load` pool whose interval has come.
+    fn run_due_scrapes(&self) {
+        let snapshot = self.state.snapshot();
+        let now = Instant::now();
+        for pool in snapshot.pools.values() {
+            let Some(load) = &pool.config.load else {
+                continue;
+            };
+            {
+                let mut next = pool.lb.next_scrape.lock();
+                if *next > now || pool.lb.scraping.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                *next = now + load.interval.get();
+            }
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                super::load::scrape(&pool).await;
+                pool.lb.scraping.store(false, Ordering::Release);
             });
         }
     }

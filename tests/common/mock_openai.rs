@@ -34,19 +34,59 @@ pub struct Call {
     pub body_sha256: String,
     pub authorization: Option<String>,
     pub chunked: bool,
+    /// The body's `stream_options.include_usage`.
+    pub include_usage: bool,
+    /// The body's `user` field (tests tag requests with it).
+    pub user: Option<String>,
 }
 
-#[derive(Default)]
 pub struct Knobs {
     /// Answer every completion with this status instead (0 = normal).
     pub fail_with: AtomicU16,
     /// Delay before answering, in ms.
     pub delay_ms: AtomicUsize,
+    /// When above `delay_ms`, the delay is drawn uniformly from `delay_ms..=delay_max_ms`.
+    pub delay_max_ms: AtomicUsize,
     /// When set, a stream stops after its first event until `release` is notified.
     pub hold_streams: std::sync::atomic::AtomicBool,
     pub release: Notify,
     pub inflight: AtomicUsize,
     pub max_inflight_seen: AtomicUsize,
+    /// Like a GPU server: more than this many requests at once (0 = no limit) is an error,
+    /// answered 500 and counted in `over_limit`, so an over-admission fails the test.
+    pub limit: AtomicUsize,
+    pub over_limit: AtomicUsize,
+    /// When set, each completion waits for a permit of `gate` before it answers.
+    pub gated: std::sync::atomic::AtomicBool,
+    pub gate: tokio::sync::Semaphore,
+    /// What `GET /metrics` answers (an engine's Prometheus text); `None`: 404.
+    pub metrics: Mutex<Option<String>>,
+}
+
+impl Knobs {
+    /// Lets `n` gated requests answer.
+    pub fn open_gate(&self, n: usize) {
+        self.gate.add_permits(n);
+    }
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs {
+            fail_with: AtomicU16::new(0),
+            delay_ms: AtomicUsize::new(0),
+            delay_max_ms: AtomicUsize::new(0),
+            hold_streams: Default::default(),
+            release: Notify::new(),
+            inflight: AtomicUsize::new(0),
+            max_inflight_seen: AtomicUsize::new(0),
+            limit: AtomicUsize::new(0),
+            over_limit: AtomicUsize::new(0),
+            gated: Default::default(),
+            gate: tokio::sync::Semaphore::new(0),
+            metrics: Mutex::new(None),
+        }
+    }
 }
 
 pub struct MockOpenAi {
@@ -154,6 +194,16 @@ async fn handle(req: Request<Incoming>, s: Arc<Server>) -> Result<Response<Body>
     if path == "/health" {
         return Ok(json_response(200, json!({"status": "ok"})));
     }
+    if path == "/metrics" {
+        let text = s.knobs.metrics.lock().expect("metrics").clone();
+        return Ok(match text {
+            Some(t) => Response::builder()
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(t)).boxed())
+                .expect("response"),
+            None => json_response(404, json!({"error": "no metrics"})),
+        });
+    }
     if path == "/v1/models" {
         let data: Vec<Value> = s
             .models
@@ -169,6 +219,14 @@ async fn handle(req: Request<Incoming>, s: Arc<Server>) -> Result<Response<Body>
         .map(str::to_string);
     let chunked = req.headers().get("transfer-encoding").is_some();
     let mark = InflightMark::new(&s.knobs);
+    let limit = s.knobs.limit.load(Ordering::SeqCst);
+    if limit > 0 && s.knobs.inflight.load(Ordering::SeqCst) > limit {
+        s.knobs.over_limit.fetch_add(1, Ordering::SeqCst);
+        return Ok(json_response(
+            500,
+            json!({"error": {"message": format!("{} is over its limit of {limit}", s.name)}}),
+        ));
+    }
     let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
         return Ok(json_response(
             400,
@@ -184,8 +242,19 @@ async fn handle(req: Request<Incoming>, s: Arc<Server>) -> Result<Response<Body>
         body_sha256: hex::encode(Sha256::digest(&body)),
         authorization,
         chunked,
+        include_usage: v["stream_options"]["include_usage"] == json!(true),
+        user: v["user"].as_str().map(str::to_string),
     });
-    let delay = s.knobs.delay_ms.load(Ordering::SeqCst);
+    if s.knobs.gated.load(Ordering::SeqCst) {
+        if let Ok(permit) = s.knobs.gate.acquire().await {
+            permit.forget();
+        }
+    }
+    let mut delay = s.knobs.delay_ms.load(Ordering::SeqCst);
+    let max = s.knobs.delay_max_ms.load(Ordering::SeqCst);
+    if max > delay {
+        delay = fastrand::usize(delay..=max);
+    }
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay as u64)).await;
     }

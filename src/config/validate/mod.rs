@@ -4,7 +4,7 @@ use super::stage::{Lenient, Parsed, Text};
 use super::types::*;
 use super::values::{Cidr, HashOn};
 use super::Problem;
-use super::{EdgeConfig, Secret, TlsVersion};
+use super::{EdgeConfig, QueueConfig, Secret, TlsVersion};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
@@ -22,6 +22,8 @@ pub(super) fn validate(c: &Read) -> Vec<Problem> {
 /// The largest backend weight. The balancers hold one slot per unit of weight (160 ring
 /// points each for consistent hashing), so an unbounded weight is an unbounded allocation.
 pub(super) const MAX_WEIGHT: usize = 256;
+/// The most requests one pool's queue holds (each waiting request holds its body).
+const MAX_QUEUE: usize = 100_000;
 
 mod routes;
 
@@ -205,6 +207,69 @@ impl Validator {
         }
     }
 
+    /// A queue waits for a `max_inflight` slot, so at least one backend must have a limit.
+    fn queue(&mut self, p: &str, q: &QueueConfig, pool: &PoolConfig<Lenient>) {
+        if q.max == 0 {
+            self.err(format!("{p}.max"), "must be at least 1");
+        } else if q.max > MAX_QUEUE {
+            self.err(format!("{p}.max"), format!("must be at most {MAX_QUEUE}"));
+        }
+        if q.timeout.get().is_zero() {
+            self.err(format!("{p}.timeout"), "must be more than 0");
+        }
+        if pool.backends.iter().all(|b| b.max_inflight.is_none()) {
+            self.err(
+                p,
+                "a queue waits for a free max_inflight slot: set max_inflight on the backends",
+            );
+        }
+    }
+
+    /// `least_load` reads `load`, `load` is only read by `least_load`, and `affinity`
+    /// replaces the key of `consistent_hash`.
+    fn placement(&mut self, p: &str, pool: &PoolConfig<Lenient>) {
+        match (pool.balance, &pool.load) {
+            (Balance::LeastLoad, None) => self.err(
+                format!("{p}.load"),
+                "least_load reads the engines' metrics: give load: {engine: vllm} (or the metric names)",
+            ),
+            (Balance::LeastLoad, Some(load)) => {
+                let names = load.names();
+                if names.queue.is_empty() && names.running.is_empty() {
+                    self.err(
+                        format!("{p}.load"),
+                        "name an engine (vllm, sglang, tgi, llamacpp) or the queue/running metrics",
+                    );
+                }
+                if load.interval.get() < std::time::Duration::from_millis(100) {
+                    self.err(format!("{p}.load.interval"), "must be at least 100ms");
+                }
+                if !load.metrics_path.starts_with('/') {
+                    self.err(format!("{p}.load.metrics_path"), "must start with /");
+                }
+            }
+            (_, Some(_)) => self.err(
+                format!("{p}.load"),
+                "load is read only with balance: least_load",
+            ),
+            (_, None) => {}
+        }
+        if let Some(a) = &pool.affinity {
+            if pool.balance == Balance::ConsistentHash {
+                self.err(
+                    format!("{p}.affinity"),
+                    "affinity already hashes: use it without balance: consistent_hash",
+                );
+            }
+            if a.prefix_bytes == 0 {
+                self.err(format!("{p}.affinity.prefix_bytes"), "must be at least 1");
+            }
+            if !(a.max_load_factor >= 1.0 && a.max_load_factor.is_finite()) {
+                self.err(format!("{p}.affinity.max_load_factor"), "must be 1 or more");
+            }
+        }
+    }
+
     fn pool(&mut self, name: &str, pool: &PoolConfig<Lenient>) {
         let p = format!("pools.{name}");
         if name.is_empty() {
@@ -222,6 +287,10 @@ impl Validator {
             _ => {}
         }
         self.health_check(&format!("{p}.health_check"), &pool.health_check);
+        if let Some(q) = &pool.queue {
+            self.queue(&format!("{p}.queue"), q, pool);
+        }
+        self.placement(&p, pool);
         if let Some(ph) = &pool.passive_health {
             if ph.consecutive_failures == 0 {
                 self.err(

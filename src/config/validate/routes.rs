@@ -3,8 +3,11 @@
 use super::{Read, Validator};
 use crate::config::stage::Lenient;
 use crate::config::values::RateLimitKey;
-use crate::config::{AuthConfig, CorsConfig, RateLimitConfig, RouteConfig, RouteMatch};
+use crate::config::{ApiKey, AuthConfig, CorsConfig, RateLimitConfig, RouteConfig, RouteMatch};
 use std::collections::HashSet;
+
+const NEEDS_OPENAI: &str =
+    "token budgets count the usage that OpenAI-compatible backends report: set openai: true";
 
 impl Validator {
     pub(super) fn routes(&mut self, c: &Read) {
@@ -49,6 +52,8 @@ impl Validator {
                     );
                 }
             }
+            self.token_limits(&p, r);
+            self.models(&format!("{p}.openai"), r.openai.models());
             if r.respond.is_some() {
                 self.respond_only(&p, r);
             }
@@ -78,12 +83,14 @@ impl Validator {
     /// nothing, so they are refused.
     fn respond_only(&mut self, p: &str, r: &RouteConfig<Lenient>) {
         let ignored = [
-            ("openai", r.openai),
+            ("openai", r.openai.is_on()),
             ("retry_on", r.retry_on_set()),
             ("strip_prefix", r.strip_prefix.is_some()),
             ("request_headers", !r.request_headers.is_empty()),
             ("timeouts.read", r.timeouts.read.is_some()),
             ("timeouts.total", r.timeouts.total.is_some()),
+            ("priority", r.priority.is_some()),
+            ("token_limit", r.token_limit.is_some()),
             (
                 "timeouts.websocket_idle",
                 r.timeouts.websocket_idle.is_some(),
@@ -105,6 +112,64 @@ impl Validator {
         }
         if rl.per.get() < std::time::Duration::from_secs(1) {
             self.err(format!("{p}.per"), "must be at least 1s");
+        }
+    }
+
+    /// Token budgets count the usage OpenAI-compatible backends report, so they need
+    /// `openai: true`; an `api_key` count needs the route's keys.
+    fn token_limits(&mut self, p: &str, r: &RouteConfig<Lenient>) {
+        let keys = r.auth.iter().flat_map(|a| a.api_keys.iter());
+        for (i, k) in keys.enumerate() {
+            let ApiKey::Scoped(k) = k else { continue };
+            for (name, v) in [
+                ("tokens_per_minute", k.tokens_per_minute),
+                ("tokens_per_day", k.tokens_per_day),
+            ] {
+                let at = format!("{p}.auth.api_keys[{i}].{name}");
+                match v {
+                    Some(0) => self.err(at, "must be at least 1"),
+                    Some(_) if !r.openai.is_on() => self.err(at, NEEDS_OPENAI),
+                    _ => {}
+                }
+            }
+        }
+        let Some(tl) = &r.token_limit else { return };
+        let at = format!("{p}.token_limit");
+        if tl.tokens == 0 {
+            self.err(format!("{at}.tokens"), "must be at least 1");
+        }
+        if tl.per.get() < std::time::Duration::from_secs(1) {
+            self.err(format!("{at}.per"), "must be at least 1s");
+        }
+        if tl.key == RateLimitKey::ApiKey && r.auth.is_none() {
+            self.err(
+                format!("{at}.key"),
+                "api_key counts the keys that pass the route's auth: add auth, or count by client_ip",
+            );
+        }
+        if !r.openai.is_on() && r.respond.is_none() {
+            self.err(at, NEEDS_OPENAI);
+        }
+    }
+
+    /// Aliases and fallback chains name real models, and a chain never comes back to its start.
+    fn models(&mut self, p: &str, m: &crate::config::OpenAiModels) {
+        for (from, to) in &m.aliases {
+            if from.trim().is_empty() || to.trim().is_empty() {
+                self.err(format!("{p}.aliases"), "model names must not be empty");
+            }
+        }
+        for (first, chain) in &m.fallbacks {
+            let at = format!("{p}.fallbacks.{first}");
+            if chain.is_empty() {
+                self.err(&at, "list at least one model to fall back to");
+            }
+            let mut seen = HashSet::from([first.as_str()]);
+            for model in chain {
+                if model.trim().is_empty() || !seen.insert(model.as_str()) {
+                    self.err(&at, format!("{model:?} is empty or already in the chain"));
+                }
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! Client API keys of a route: `Authorization: Bearer KEY` or `X-API-Key: KEY`, compared as
 //! sha256 digests in constant time. A key may be limited to some models.
 
-use crate::config::{ApiKey, Secret};
+use crate::config::{ApiKey, Priority, Secret};
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -12,33 +12,50 @@ pub struct ClientKey {
     pub name: Option<String>,
     /// Empty = every model.
     pub models: Vec<String>,
+    pub priority: Option<Priority>,
+    pub tokens_per_minute: Option<u64>,
+    pub tokens_per_day: Option<u64>,
 }
 
 impl ClientKey {
     pub fn compile(k: &ApiKey) -> ClientKey {
-        let (name, models) = match k {
-            ApiKey::Plain(_) => (None, Vec::new()),
-            ApiKey::Scoped(s) => (s.name.clone(), s.models.clone()),
+        let scoped = match k {
+            ApiKey::Plain(_) => None,
+            ApiKey::Scoped(s) => Some(s),
         };
         ClientKey {
             digest: *k.secret().digest(),
-            name,
-            models,
+            name: scoped.and_then(|s| s.name.clone()),
+            models: scoped.map(|s| s.models.clone()).unwrap_or_default(),
+            priority: scoped.and_then(|s| s.priority),
+            tokens_per_minute: scoped.and_then(|s| s.tokens_per_minute),
+            tokens_per_day: scoped.and_then(|s| s.tokens_per_day),
         }
     }
 
-    /// A key without a name or model limit (the admin API's).
+    /// A key without a name, model limit or budget (the admin API's).
     pub fn of(secret: &Secret) -> ClientKey {
         ClientKey {
             digest: *secret.digest(),
             name: None,
             models: Vec::new(),
+            priority: None,
+            tokens_per_minute: None,
+            tokens_per_day: None,
         }
     }
 
     /// What identifies the key in counters: its SHA-256, never the secret.
     pub fn id(&self) -> &[u8; 32] {
         &self.digest
+    }
+
+    /// Who this key is when requests take turns: its name, else the start of its digest.
+    pub fn tenant(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => hex::encode(&self.digest[..8]),
+        }
     }
 
     pub fn allows(&self, model: &str) -> bool {

@@ -3,5 +3,6 @@
 
 pub mod acl;
 pub mod auth;
+pub mod budget;
 pub mod cors;
 pub mod rate_limit;

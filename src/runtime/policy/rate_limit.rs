@@ -18,9 +18,10 @@ enum CountBy {
 
 pub struct Limiter {
     pub config: RateLimitConfig,
+    /// `requests + burst`: what one window admits.
     rate: Rate,
     key: CountBy,
-    allowed: isize,
+    pub allowed: isize,
 }
 
 /// Over the limit: how long until the window ends.
@@ -43,7 +44,8 @@ impl Limiter {
         }
     }
 
-    /// Counts one request; `Err` when it is over the limit of its key's window. `api_key`
+    /// Counts one request; the requests its key has left in the window, or `Err` when it is
+    /// over the limit. `api_key`
     /// counts by the key that passed the route's auth, never by what the client presented:
     /// inventing a new key per request must not make a new counter.
     pub fn check(
@@ -51,7 +53,7 @@ impl Limiter {
         client: Option<IpAddr>,
         headers: &HeaderMap,
         key: Option<&ClientKey>,
-    ) -> Result<(), Limited> {
+    ) -> Result<u64, Limited> {
         let bytes: Vec<u8> = match &self.key {
             CountBy::ClientIp => client
                 .map(|ip| ip.to_string().into_bytes())
@@ -62,8 +64,9 @@ impl Limiter {
                 .map(|v| v.as_bytes().to_vec())
                 .unwrap_or_default(),
         };
-        if self.rate.observe(&bytes, 1) <= self.allowed {
-            return Ok(());
+        let seen = self.rate.observe(&bytes, 1);
+        if seen <= self.allowed {
+            return Ok((self.allowed - seen).max(0) as u64);
         }
         let left = self.rate.rate_with(&bytes, |c: RateComponents| {
             c.interval

@@ -573,3 +573,169 @@ async fn plain_http_routes_queue_too() {
     assert_eq!(second.await.unwrap().status(), 200);
     assert_eq!(m.knobs.over_limit.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_still_takes_a_higher_class_or_a_shorter_tenant_line() {
+    let m = engine("one").await;
+    m.knobs.gated.store(true, Ordering::SeqCst);
+    let g = gateway(&backends(&[&m], "{max: 2, timeout: 30s}"), "").await;
+    let holder = send(&g, TEAM_B, "holder");
+    assert!(wait_until(WAIT, || async { m.calls().len() == 1 }).await);
+    let b1 = send(&g, BATCH, "b1");
+    g.wait_depth("low", 1.0).await;
+    let b2 = send(&g, BATCH, "b2");
+    g.wait_depth("low", 2.0).await;
+    // Full of low-priority requests: higher ones take the newest ones' places.
+    let high = send(&g, TEAM_A, "high");
+    assert_eq!(b2.await.unwrap().status(), 503);
+    g.wait_depth("high", 1.0).await;
+    let c1 = send(&g, TEAM_C, "c1");
+    assert_eq!(b1.await.unwrap().status(), 503);
+    g.wait_depth("normal", 1.0).await;
+    // Same class, and team-c's line is not longer than team-b's by more than one: refused.
+    let refused = send(&g, TEAM_B, "b-refused").await.unwrap();
+    assert_eq!(refused.status(), 503);
+    release_one_by_one(&m, 3).await;
+    for h in [holder, high, c1] {
+        assert_eq!(h.await.unwrap().status(), 200);
+    }
+    assert_eq!(order(&m), ["holder", "high", "c1"]);
+    assert_eq!(g.rejected("full").await, 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_filling_the_queue_gives_way_to_another_tenant() {
+    let m = engine("one").await;
+    m.knobs.gated.store(true, Ordering::SeqCst);
+    let g = gateway(&backends(&[&m], "{max: 2, timeout: 30s}"), "").await;
+    let holder = send(&g, TEAM_B, "holder");
+    assert!(wait_until(WAIT, || async { m.calls().len() == 1 }).await);
+    let b1 = send(&g, TEAM_B, "b1");
+    g.wait_depth("normal", 1.0).await;
+    let b2 = send(&g, TEAM_B, "b2");
+    g.wait_depth("normal", 2.0).await;
+    let c1 = send(&g, TEAM_C, "c1");
+    assert_eq!(b2.await.unwrap().status(), 503);
+    release_one_by_one(&m, 3).await;
+    for h in [holder, b1, c1] {
+        assert_eq!(h.await.unwrap().status(), 200);
+    }
+    assert_eq!(order(&m), ["holder", "b1", "c1"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_without_a_usable_backend_gets_no_place_in_the_queue() {
+    let m = engine("one").await;
+    let other = engine("other").await;
+    m.knobs.gated.store(true, Ordering::SeqCst);
+    let pool = format!(
+        "    queue: {{max: 5, timeout: 30s}}\n    backends:\n      - {{address: \"{}\", max_inflight: 1, models: [m]}}\n      - {{address: \"{}\", max_inflight: 1, models: [x], drain: true}}\n",
+        m.addr, other.addr
+    );
+    let g = gateway(&pool, "").await;
+    let holder = send(&g, TEAM_B, "holder");
+    assert!(wait_until(WAIT, || async { m.calls().len() == 1 }).await);
+    let waiting = send(&g, TEAM_B, "waiting");
+    g.wait_depth("normal", 1.0).await;
+    let mut b = body("x");
+    b["model"] = json!("x");
+    let started = std::time::Instant::now();
+    let r = client()
+        .post(g.url("/v1/chat/completions"))
+        .bearer_auth(TEAM_B)
+        .json(&b)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "it waited for nothing"
+    );
+    assert_eq!(g.depth("normal").await, 1.0);
+    m.knobs.open_gate(2);
+    assert_eq!(holder.await.unwrap().status(), 200);
+    assert_eq!(waiting.await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn budgets_hold_a_reservation_and_charge_a_client_that_leaves_mid_stream() {
+    let m = MockOpenAi::start("m", &[]).await;
+    let http = free_port();
+    let _p = Proxy::start(&format!(
+        r#"
+listeners:
+  - {{name: http, listen: "127.0.0.1:{http}"}}
+pools:
+  llm: {{health_check: {{kind: none}}, backends: [{{address: "{}"}}]}}
+routes:
+  - name: openai
+    match: {{path_prefix: /v1/}}
+    pool: llm
+    openai: true
+    auth: {{api_keys: [{{key: "{TEAM_A}", name: team-a, tokens_per_minute: 100}}, {{key: "{TEAM_B}", name: team-b, tokens_per_minute: 100}}]}}
+"#,
+        m.addr
+    ))
+    .await;
+    let url = format!("http://127.0.0.1:{http}/v1/chat/completions");
+    let mut asks = body("big");
+    asks["max_tokens"] = json!(200);
+    // In flight, the request holds what it may use: the key's next request waits.
+    m.knobs.gated.store(true, Ordering::SeqCst);
+    let first = {
+        let req = client().post(&url).bearer_auth(TEAM_A).json(&asks);
+        tokio::spawn(async move { req.send().await.unwrap() })
+    };
+    assert!(wait_until(WAIT, || async { m.calls().len() == 1 }).await);
+    let second = client()
+        .post(&url)
+        .bearer_auth(TEAM_A)
+        .json(&body("small"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 429);
+    m.knobs.open_gate(1);
+    assert_eq!(first.await.unwrap().status(), 200);
+    // Settled at the real usage (18): the reservation is given back.
+    m.knobs.gated.store(false, Ordering::SeqCst);
+    let third = client()
+        .post(&url)
+        .bearer_auth(TEAM_A)
+        .json(&body("after"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 200);
+
+    // A stream the client leaves before its end is charged at least what it reserved.
+    m.knobs.hold_streams.store(true, Ordering::SeqCst);
+    let mut stream = asks.clone();
+    stream["stream"] = json!(true);
+    let r = client()
+        .post(&url)
+        .bearer_auth(TEAM_B)
+        .json(&stream)
+        .send()
+        .await
+        .unwrap();
+    let mut events = r.bytes_stream();
+    let first_event = events.next().await.expect("an event").unwrap();
+    assert!(!first_event.is_empty());
+    drop(events);
+    let spent = wait_until(WAIT, || async {
+        client()
+            .post(&url)
+            .bearer_auth(TEAM_B)
+            .json(&body("next"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 429
+    })
+    .await;
+    m.knobs.release.notify_waiters();
+    assert!(spent, "leaving mid-stream cost nothing");
+}

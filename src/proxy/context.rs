@@ -90,6 +90,8 @@ pub(super) struct Tokens {
     pub(super) budgets: Vec<crate::runtime::policy::budget::Budget>,
     /// Prompt and completion tokens of the answer's `usage`.
     pub(super) used: Option<u64>,
+    /// Taken from the budgets when the body was read; settled at the end.
+    pub(super) reserved: i64,
     pub(super) charged: bool,
 }
 

@@ -73,6 +73,7 @@ impl Edge {
             PreRead::TooSlow => return self.refuse_slow_body(session, ctx).await.map(Some),
             PreRead::Unreplayable(b) if !session.is_http2() => {
                 let model = openai::model_of(&b).ok();
+                super::limits::reserve(ctx, &b);
                 body::refeed_h1(session, b).await?;
                 if let Some(snap) = &ctx.snapshot {
                     super::request::keep_alive(session, snap);
@@ -157,6 +158,9 @@ impl Edge {
                 .as_ref()
                 .and_then(|r| openai::prompt_prefix(&r.0, a.prefix_bytes));
         }
+        if let Some(r) = &replay {
+            super::limits::reserve(ctx, &r.0);
+        }
         ctx.openai.first = Some(model.clone());
         ctx.openai.model = Some(model);
         ctx.body.replay = replay.map(|r| self.with_usage_asked(ctx, r));
@@ -202,8 +206,8 @@ impl Edge {
                 metrics::OPENAI_TOKENS
                     .with_label_values(&[label, "completion"])
                     .inc_by(usage.completion);
-                ctx.tokens.used = Some(usage.prompt + usage.completion);
-                super::limits::charge(ctx);
+                ctx.tokens.used = Some(usage.prompt.saturating_add(usage.completion));
+                super::limits::charge(ctx, None);
             }
         }
     }

@@ -151,15 +151,41 @@ fn duration_value(d: Duration) -> HeaderValue {
     HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("0s"))
 }
 
-/// Takes the request's usage from the budgets it was admitted under, once. Called as the
-/// answer's last bytes go out, so the client's next request already sees it.
-pub(super) fn charge(ctx: &mut Ctx) {
-    let (Some(snap), Some(tokens)) = (&ctx.snapshot, ctx.tokens.used) else {
+/// Takes an estimate from the request's budgets as soon as its body is known, so that
+/// requests admitted at the same time (or waiting in the queue) see each other: a quarter
+/// of the body's bytes for the prompt, plus the completion it may ask for.
+pub(super) fn reserve(ctx: &mut Ctx, body: &[u8]) {
+    let (Some(snap), false) = (&ctx.snapshot, ctx.tokens.budgets.is_empty()) else {
         return;
     };
-    if !ctx.tokens.charged && !ctx.tokens.budgets.is_empty() {
-        snap.budgets.charge(&ctx.tokens.budgets, tokens);
+    let asked = super::openai::max_tokens_of(body).unwrap_or(0);
+    let estimate = (body.len() as u64 / 4)
+        .saturating_add(asked)
+        .min(i64::MAX as u64) as i64;
+    snap.budgets.charge(&ctx.tokens.budgets, estimate);
+    ctx.tokens.reserved = estimate;
+}
+
+/// Settles the request with its budgets, once: the usage the backend reported, or, when
+/// none was seen (the client left, the answer was too large to read, the backend sent none),
+/// an estimate from the bytes that went each way — never less than what was reserved.
+/// Called as the answer's last bytes go out, so the client's next request already sees it.
+pub(super) fn charge(ctx: &mut Ctx, bytes: Option<(usize, usize)>) {
+    if ctx.tokens.charged || ctx.tokens.budgets.is_empty() {
+        return;
     }
+    let Some(snap) = ctx.snapshot.clone() else {
+        return;
+    };
+    let reserved = ctx.tokens.reserved;
+    let total = match (ctx.tokens.used, bytes) {
+        (Some(used), _) => used.min(i64::MAX as u64) as i64,
+        // Answered here (404, 429, 503): no backend did any work.
+        (None, Some(_)) if ctx.attempt.tries == 0 => 0,
+        (None, Some((up, down))) => (((up + down) / 4) as i64).max(reserved),
+        (None, None) => return,
+    };
+    snap.budgets.charge(&ctx.tokens.budgets, total - reserved);
     ctx.tokens.charged = true;
 }
 

@@ -292,6 +292,7 @@ impl ProxyHttp for Edge {
             413 => "request body too large",
             503 => match ctx.queue.refused {
                 Some(Refused::Full) => "every backend is busy and the queue is full, retry later",
+                Some(Refused::Closed) => "the pool's queue was removed by a reload, retry",
                 Some(_) => "every backend stayed busy while the request waited, retry later",
                 None if ctx.attempt.all_full => "every backend is busy, retry later",
                 None => "no healthy backend",
@@ -326,7 +327,10 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        limits::charge(ctx);
+        limits::charge(
+            ctx,
+            Some((session.body_bytes_read(), session.body_bytes_sent())),
+        );
         if let Some(guard) = session.as_downstream().stream().and_then(HeadGuard::of) {
             guard.rearm();
         }

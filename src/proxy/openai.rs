@@ -10,6 +10,18 @@ use serde_json::{json, Value};
 #[derive(Deserialize)]
 struct RequestFields {
     model: Option<String>,
+    max_tokens: Option<serde_json::Number>,
+    max_completion_tokens: Option<serde_json::Number>,
+    max_output_tokens: Option<serde_json::Number>,
+}
+
+/// The most tokens a request says it may generate, if it says.
+pub fn max_tokens_of(body: &[u8]) -> Option<u64> {
+    let f: RequestFields = serde_json::from_slice(body).ok()?;
+    [f.max_tokens, f.max_completion_tokens, f.max_output_tokens]
+        .into_iter()
+        .flatten()
+        .find_map(|n| n.as_u64())
 }
 
 /// The `model` of a JSON request body, or why there is none (for a 400).
@@ -98,10 +110,13 @@ fn floor_char_boundary(s: &str, at: usize) -> usize {
 pub fn ask_for_usage(body: &[u8]) -> Option<Bytes> {
     let mut v: Value = serde_json::from_slice(body).ok()?;
     let obj = v.as_object_mut()?;
-    if obj.get("stream") != Some(&Value::Bool(true)) {
+    if !obj.get("stream").is_some_and(truthy) {
         return None;
     }
     let options = obj.entry("stream_options").or_insert_with(|| json!({}));
+    if !options.is_object() {
+        *options = json!({});
+    }
     let options = options.as_object_mut()?;
     if options.get("include_usage") == Some(&Value::Bool(true)) {
         return None;
@@ -110,12 +125,25 @@ pub fn ask_for_usage(body: &[u8]) -> Option<Bytes> {
     serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
+/// Whether a `stream` value turns streaming on, as lenient backends read it (`1`, `"true"`).
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !matches!(s.as_str(), "" | "0" | "false" | "False"),
+        _ => true,
+    }
+}
+
 /// Removes from a stream what `ask_for_usage` made the backend add: the final chunk with
 /// the usage (empty `choices`) and the `"usage": null` of every other chunk. Other events
 /// pass byte for byte; only an event not yet complete is held.
 #[derive(Default)]
 pub struct UsageHider {
     partial: BytesMut,
+    /// How far `partial` is known to hold no event end.
+    scanned: usize,
 }
 
 impl UsageHider {
@@ -123,7 +151,8 @@ impl UsageHider {
     pub fn filter(&mut self, chunk: &[u8], end: bool) -> Bytes {
         self.partial.extend_from_slice(chunk);
         let mut out = BytesMut::with_capacity(self.partial.len());
-        while let Some(len) = event_len(&self.partial) {
+        while let Some(len) = event_len(&self.partial, self.scanned) {
+            self.scanned = 0;
             let event = self.partial.split_to(len);
             match rewrite_event(&event) {
                 Some(Some(changed)) => out.extend_from_slice(&changed),
@@ -131,21 +160,29 @@ impl UsageHider {
                 None => out.extend_from_slice(&event),
             }
         }
+        // The last two bytes may start an event end that the next chunk completes.
+        self.scanned = self.partial.len().saturating_sub(2);
         if end || self.partial.len() > SSE_LINE_LIMIT {
             out.extend_from_slice(&self.partial.split());
+            self.scanned = 0;
         }
         out.freeze()
     }
 }
 
-/// The length of the first complete SSE event (through its blank line), if there is one.
-fn event_len(buf: &[u8]) -> Option<usize> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+/// The length of the first complete SSE event (through its blank line: `\n\n`, `\n\r\n`),
+/// looking from `from` on; one pass.
+fn event_len(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(at) = buf.get(i..)?.iter().position(|b| *b == b'\n') {
+        let nl = i + at;
+        match (buf.get(nl + 1), buf.get(nl + 2)) {
+            (Some(b'\n'), _) => return Some(nl + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(nl + 3),
+            _ => i = nl + 1,
+        }
     }
+    None
 }
 
 /// `None`: pass the event as it is; `Some(None)`: drop it; `Some(Some(bytes))`: send these.
@@ -158,13 +195,14 @@ fn rewrite_event(event: &[u8]) -> Option<Option<Bytes>> {
     let mut v: Value = serde_json::from_str(data).ok()?;
     let obj = v.as_object_mut()?;
     let usage = obj.get("usage")?;
-    if !usage.is_null() {
-        let no_choices = obj
-            .get("choices")
-            .and_then(Value::as_array)
-            .is_some_and(|c| c.is_empty());
-        return no_choices.then_some(None);
+    let no_choices = obj
+        .get("choices")
+        .and_then(Value::as_array)
+        .is_some_and(|c| c.is_empty());
+    if !usage.is_null() && no_choices {
+        return Some(None);
     }
+    // `"usage": null` on every chunk, or the usage some engines put on the last content chunk.
     obj.remove("usage");
     Some(Some(Bytes::from(format!("data: {v}\n\n"))))
 }
@@ -202,14 +240,23 @@ pub struct Usage {
     pub completion: u64,
 }
 
+/// `usage` of a chat or completions answer (`prompt_tokens`, `completion_tokens`), or of a
+/// Responses API answer or its `response.completed` event (`input_tokens`, `output_tokens`).
 fn usage_of(v: &Value) -> Option<Usage> {
-    let u = v.get("usage")?;
-    Some(Usage {
-        prompt: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
-        completion: u
-            .get("completion_tokens")
+    let u = v
+        .get("usage")
+        .filter(|u| !u.is_null())
+        .or_else(|| v.get("response")?.get("usage"))
+        .filter(|u| u.is_object())?;
+    let count = |a: &str, b: &str| {
+        u.get(a)
+            .or_else(|| u.get(b))
             .and_then(Value::as_u64)
-            .unwrap_or(0),
+            .unwrap_or(0)
+    };
+    Some(Usage {
+        prompt: count("prompt_tokens", "input_tokens"),
+        completion: count("completion_tokens", "output_tokens"),
     })
 }
 
@@ -300,7 +347,7 @@ fn sse_usage(line: &[u8]) -> Option<Usage> {
         return None;
     }
     let v: Value = serde_json::from_str(data).ok()?;
-    usage_of(&v).filter(|_| !v["usage"].is_null())
+    usage_of(&v)
 }
 
 #[cfg(test)]

@@ -112,10 +112,15 @@ fn pick(session: &Session, ctx: &Ctx, pool: &Pool) -> Pick {
         .queue
         .as_ref()
         .filter(|_| ctx.attempt.tries == 0 && !ctx.openai.fell_back);
-    if let Some(q) = queue.filter(|q| q.waiting() > 0) {
-        return Pick::Queue(q.clone(), key.to_vec());
-    }
     let tried = &ctx.attempt.tried;
+    if let Some(q) = queue.filter(|q| q.waiting() > 0) {
+        // Others wait: take a place, unless no usable backend serves the model at all.
+        let model = ctx.openai.model.as_deref();
+        return match pool.select(key, model, |a| !tried.contains(a)) {
+            Err(NoBackend::Unavailable) => Pick::None(NoBackend::Unavailable),
+            _ => Pick::Queue(q.clone(), key.to_vec()),
+        };
+    }
     let chosen = pool.select_reserved(key, ctx.openai.model.as_deref(), |a| !tried.contains(a));
     match (chosen, queue) {
         (Ok(chosen), _) => Pick::Chosen(chosen),

@@ -304,7 +304,12 @@ impl Pool {
                 p.lb.set_members(members).await;
                 p.lb.clone()
             }
-            None => Arc::new(new_handle(name, config, key, members).await),
+            // New balancing: fresh health state, but the same in-flight counters, so requests
+            // still running hold their slots against the new balancer too.
+            None => {
+                let counters = previous.map(|p| p.lb.stats.lock().clone());
+                Arc::new(new_handle(name, config, key, members, counters).await)
+            }
         };
         for m in lb.members().iter() {
             let addr = m.addr.to_string();
@@ -548,8 +553,17 @@ fn backend_of(m: &Member) -> Backend {
     }
 }
 
-async fn new_handle(name: &str, config: &PoolConfig, key: LbKey, members: Vec<Member>) -> LbHandle {
-    let handle = build_handle(name, config, key).await;
+async fn new_handle(
+    name: &str,
+    config: &PoolConfig,
+    key: LbKey,
+    members: Vec<Member>,
+    counters: Option<HashMap<SocketAddr, Arc<BackendStats>>>,
+) -> LbHandle {
+    let mut handle = build_handle(name, config, key).await;
+    if let Some(c) = counters {
+        handle.stats = Mutex::new(c);
+    }
     handle.set_members(members).await;
     handle
 }

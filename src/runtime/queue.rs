@@ -13,7 +13,7 @@ use super::pool::{InflightGuard, Member, NoBackend, Pool};
 use crate::config::{Priority, QueueConfig};
 use crate::metrics;
 use parking_lot::Mutex;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -167,15 +167,24 @@ impl Queue {
         let (reply, rx) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let rank = wants.priority.rank();
+        let mut evicted = None;
         let timeout = {
             let mut inner = self.inner.lock();
             if inner.closed {
                 return Err(Refused::Closed);
             }
             if self.waiting.load(Ordering::SeqCst) >= inner.settings.max {
-                drop(inner);
-                self.count_rejected(Refused::Full);
-                return Err(Refused::Full);
+                match inner.make_room(rank, &wants.tenant) {
+                    Some(victim) => {
+                        self.waiting.fetch_sub(1, Ordering::SeqCst);
+                        evicted = Some(victim);
+                    }
+                    None => {
+                        drop(inner);
+                        self.count_rejected(Refused::Full);
+                        return Err(Refused::Full);
+                    }
+                }
             }
             let waiter = Waiter {
                 id,
@@ -197,7 +206,13 @@ impl Queue {
         metrics::QUEUE_DEPTH
             .with_label_values(&[self.pool_name.as_str(), wants.priority.as_str()])
             .inc();
-        // A slot may have freed between the caller's failed try and the push.
+        if let Some((victim_rank, victim)) = evicted {
+            self.left(victim_rank, Refused::Full);
+            let _ = victim.reply.send(Err(Refused::Full));
+        }
+        // A slot may have freed between the caller's failed try and the push; the fence
+        // pairs with the release's SeqCst decrement of the in-flight count.
+        std::sync::atomic::fence(Ordering::SeqCst);
         self.dispatch();
         Ok(Ticket {
             queue: self.clone(),
@@ -223,7 +238,7 @@ impl Queue {
                 return;
             };
             // Models whose backends are all full (or down) in this pass: nothing freed since.
-            let mut full: Vec<Option<String>> = Vec::new();
+            let mut full: HashSet<Option<String>> = HashSet::new();
             'classes: for rank in 0..inner.classes.len() {
                 while let Some(waiter) = next_placeable(&mut inner.classes[rank], &pool, &mut full)
                 {
@@ -281,6 +296,39 @@ impl Queue {
     }
 }
 
+impl Inner {
+    /// A full queue still takes a request that would be served before someone waiting: the
+    /// newest request of the longest line of a lower class, or of the same class when that
+    /// line is longer than the newcomer's tenant's by more than one, gives up its place.
+    fn make_room(&mut self, rank: usize, tenant: &str) -> Option<(usize, Waiter)> {
+        let lowest = (0..self.classes.len())
+            .rev()
+            .find(|r| !self.classes[*r].is_empty())?;
+        if lowest < rank {
+            return None;
+        }
+        let class = &mut self.classes[lowest];
+        let (li, longest) = class
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, l)| l.waiters.len())?;
+        if lowest == rank {
+            let own = class
+                .iter()
+                .find(|l| l.tenant == tenant)
+                .map_or(0, |l| l.waiters.len());
+            if longest.tenant == tenant || longest.waiters.len() <= own + 1 {
+                return None;
+            }
+        }
+        let victim = class[li].waiters.pop_back()?;
+        if class[li].waiters.is_empty() {
+            class.remove(li);
+        }
+        Some((lowest, victim))
+    }
+}
+
 enum Placed {
     Done(Waiter, Grant),
     /// No waiting request of any class can be placed: every backend is full or down.
@@ -293,7 +341,7 @@ enum Placed {
 fn next_placeable(
     class: &mut VecDeque<Line>,
     pool: &Pool,
-    full: &mut Vec<Option<String>>,
+    full: &mut HashSet<Option<String>>,
 ) -> Option<Placed> {
     for li in 0..class.len() {
         loop {
@@ -304,10 +352,10 @@ fn next_placeable(
             let w = &line.waiters[wi];
             match pool.select_reserved(&w.hash_key, w.model.as_deref(), |_| true) {
                 Ok((member, slot)) => {
-                    let line = &mut class[li];
-                    let Some(waiter) = line.waiters.remove(wi) else {
-                        break;
-                    };
+                    let waiter = class[li]
+                        .waiters
+                        .remove(wi)
+                        .expect("wi is the position just found in this line");
                     if let Some(mut line) = class.remove(li) {
                         if !line.waiters.is_empty() {
                             line.waiters.shrink_to_fit();
@@ -321,7 +369,7 @@ fn next_placeable(
                         // Any backend would have done: none has room.
                         return Some(Placed::NothingFree);
                     }
-                    full.push(w.model.clone());
+                    full.insert(w.model.clone());
                 }
             }
         }

@@ -79,6 +79,7 @@ impl BackgroundService for Supervisor {
                     }
                     self.run_due_checks();
                     self.run_due_scrapes();
+                    self.dispatch_queues();
                     self.refresh_dns(&mut dns_due).await;
                 }
             }
@@ -127,6 +128,17 @@ impl Supervisor {
                     q.dispatch();
                 }
             });
+        }
+    }
+
+    /// Gives free slots to waiting requests even when no release said so: a slot taken
+    /// before a reload added the queue, an ejection that ended, a DNS refresh that added a
+    /// backend.
+    fn dispatch_queues(&self) {
+        for pool in self.state.snapshot().pools.values() {
+            if let Some(q) = &pool.queue {
+                q.dispatch();
+            }
         }
     }
 

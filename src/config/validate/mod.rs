@@ -23,7 +23,7 @@ pub(super) fn validate(c: &Read) -> Vec<Problem> {
 /// points each for consistent hashing), so an unbounded weight is an unbounded allocation.
 pub(super) const MAX_WEIGHT: usize = 256;
 /// The most requests one pool's queue holds (each waiting request holds its body).
-const MAX_QUEUE: usize = 100_000;
+const MAX_QUEUE: usize = 10_000;
 
 mod routes;
 

@@ -39,13 +39,15 @@ impl Rate {
 pub trait CounterStore: Send + Sync {
     /// The bucket's level now (full when never used).
     fn level(&self, id: &BucketId, rate: Rate) -> f64;
-    /// Takes `tokens` from the bucket; its level after.
-    fn take(&self, id: &BucketId, rate: Rate, tokens: u64) -> f64;
+    /// Takes `tokens` from the bucket (a negative amount gives back a reservation that was
+    /// too large); its level after.
+    fn take(&self, id: &BucketId, rate: Rate, tokens: i64) -> f64;
 }
 
 struct Bucket {
     level: f64,
     at: Instant,
+    rate: Rate,
 }
 
 impl Bucket {
@@ -56,35 +58,58 @@ impl Bucket {
 }
 
 /// Buckets in this process's memory.
-#[derive(Default)]
 pub struct LocalStore {
-    buckets: Mutex<HashMap<BucketId, Bucket>>,
+    buckets: Mutex<Buckets>,
 }
 
-/// Past this many buckets, full ones (which are the same as absent) are dropped.
-const TIDY_ABOVE: usize = 100_000;
+struct Buckets {
+    map: HashMap<BucketId, Bucket>,
+    /// The size at which full buckets (the same as absent ones) are swept out next: doubled
+    /// after each sweep, so a sweep costs O(1) per new bucket.
+    tidy_at: usize,
+}
+
+impl Default for LocalStore {
+    fn default() -> Self {
+        LocalStore {
+            buckets: Mutex::new(Buckets {
+                map: HashMap::new(),
+                tidy_at: TIDY_FROM,
+            }),
+        }
+    }
+}
+
+const TIDY_FROM: usize = 10_000;
 
 impl CounterStore for LocalStore {
     fn level(&self, id: &BucketId, rate: Rate) -> f64 {
         let now = Instant::now();
         self.buckets
             .lock()
+            .map
             .get(id)
             .map_or(rate.limit as f64, |b| b.refilled(rate, now))
     }
 
-    fn take(&self, id: &BucketId, rate: Rate, tokens: u64) -> f64 {
+    fn take(&self, id: &BucketId, rate: Rate, tokens: i64) -> f64 {
         let now = Instant::now();
-        let mut map = self.buckets.lock();
-        if map.len() > TIDY_ABOVE && !map.contains_key(id) {
-            map.retain(|_, b| b.level < rate.limit as f64 || b.at + rate.per > now);
+        let mut buckets = self.buckets.lock();
+        if buckets.map.len() >= buckets.tidy_at && !buckets.map.contains_key(id) {
+            // Each bucket by its own rate: one that has refilled is the same as none.
+            buckets
+                .map
+                .retain(|_, b| b.refilled(b.rate, now) < b.rate.limit as f64);
+            buckets.tidy_at = (buckets.map.len() * 2).max(TIDY_FROM);
         }
-        let b = map.entry(id.clone()).or_insert(Bucket {
+        let b = buckets.map.entry(id.clone()).or_insert(Bucket {
             level: rate.limit as f64,
             at: now,
+            rate,
         });
         b.level = b.refilled(rate, now) - tokens as f64;
         b.at = now;
+        b.rate = rate;
         b.level
     }
 }
@@ -117,15 +142,20 @@ impl Budget {
         Standing {
             limit: self.rate.limit,
             remaining: level.max(0.0).floor() as u64,
-            reset: Duration::from_secs_f64(missing / rate),
+            reset: seconds(missing / rate),
             // A bucket at exactly zero admits nothing: wait for the first whole token.
             retry_after: if level > 0.0 {
                 Duration::ZERO
             } else {
-                Duration::from_secs_f64((below + 1.0) / rate)
+                seconds((below + 1.0) / rate)
             },
         }
     }
+}
+
+/// A duration from seconds that may be huge (a bucket far below zero), capped at a day.
+fn seconds(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.min(86_400.0)).unwrap_or(Duration::ZERO)
 }
 
 /// The budgets of a process, kept across reloads.
@@ -145,29 +175,47 @@ impl Default for Budgets {
 impl Budgets {
     /// The standing of each budget; the request may start when none is spent.
     pub fn check(&self, budgets: &[Budget]) -> Vec<Standing> {
+        let levels: Vec<f64> = budgets
+            .iter()
+            .map(|b| self.store.level(&b.id, b.rate))
+            .collect();
+        publish(budgets, &levels);
         budgets
             .iter()
-            .map(|b| {
-                let level = self.store.level(&b.id, b.rate);
-                publish(b, level);
-                b.standing(level)
-            })
+            .zip(&levels)
+            .map(|(b, l)| b.standing(*l))
             .collect()
     }
 
-    /// Takes a finished request's usage from every budget it was admitted under.
-    pub fn charge(&self, budgets: &[Budget], tokens: u64) {
-        for b in budgets {
-            let level = self.store.take(&b.id, b.rate, tokens);
-            publish(b, level);
+    /// Takes `tokens` from every budget a request was admitted under (negative: gives back
+    /// the part of a reservation the request did not use).
+    pub fn charge(&self, budgets: &[Budget], tokens: i64) {
+        if tokens == 0 {
+            return;
         }
+        let levels: Vec<f64> = budgets
+            .iter()
+            .map(|b| self.store.take(&b.id, b.rate, tokens))
+            .collect();
+        publish(budgets, &levels);
     }
 }
 
-fn publish(b: &Budget, level: f64) {
-    if let Some(key) = &b.metric_key {
+/// `switchyard_tokens_budget_remaining{key}`: a named key's tightest budget.
+fn publish(budgets: &[Budget], levels: &[f64]) {
+    let mut tightest: Vec<(&str, f64)> = Vec::new();
+    for (b, level) in budgets.iter().zip(levels) {
+        let Some(key) = b.metric_key.as_deref() else {
+            continue;
+        };
+        match tightest.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, l)) => *l = l.min(*level),
+            None => tightest.push((key, *level)),
+        }
+    }
+    for (key, level) in tightest {
         crate::metrics::TOKENS_BUDGET_REMAINING
-            .with_label_values(&[key.as_str()])
+            .with_label_values(&[key])
             .set(level.floor() as i64);
     }
 }

@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `hash-key`.
+//! The command line: `run`, `check`, `hash-key`, `schema`.
 
 use crate::config::LogFormat;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -29,6 +29,8 @@ pub enum Command {
     },
     /// Read an API key on stdin and print sha256:<hex> to put in the YAML.
     HashKey,
+    /// Print the JSON Schema of the config file, for editors (yaml-language-server).
+    Schema,
 }
 
 #[derive(Args, Debug, Clone)]

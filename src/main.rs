@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Some(Command::Check { config }) => check(&config),
         Some(Command::HashKey) => hash_key(),
+        Some(Command::Schema) => schema(),
         Some(Command::Run(args)) => run(args),
         None => run(cli.run),
     };
@@ -39,7 +40,8 @@ fn run(args: switchyard::cli::RunArgs) -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    let files = |c: &config::Config| switchyard::tls::check_files(c, path.parent());
+    let files =
+        |c: &config::Config<config::Lenient>| switchyard::tls::check_files(c, path.parent());
     match config::load_file(path, Some(&files)) {
         Ok(l) => {
             let c = &l.config;
@@ -55,6 +57,19 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{}", e.render(&path.display().to_string()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn schema() -> ExitCode {
+    match serde_json::to_string_pretty(&config::schema::json_schema()) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot write the schema: {e}");
             ExitCode::FAILURE
         }
     }

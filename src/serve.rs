@@ -44,7 +44,7 @@ pub struct RunOptions {
 /// Loads the config, starts every service and never returns (Pingora owns the process).
 pub fn run(opts: RunOptions) -> Result<()> {
     let path = opts.config.clone();
-    let files = |c: &Config| crate::tls::check_files(c, path.parent());
+    let files = |c: &Config<config::Lenient>| crate::tls::check_files(c, path.parent());
     let loaded = config::load_file(&path, Some(&files))
         .map_err(|e| anyhow::anyhow!("{}", e.render(&path.display().to_string())))?;
     crate::process_log::configure(loaded.config.server.log_format);

@@ -4,8 +4,7 @@
 use super::policy::budget::Budgets;
 use super::pool::Pool;
 use super::router::{Route, Router};
-use crate::config::values::nets;
-use crate::config::{EscapedSlashes, Loaded, LogField, MinBodyRate};
+use crate::config::{Cidr, EscapedSlashes, Loaded, LogField, MinBodyRate};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -108,4 +107,9 @@ impl Snapshot {
             loaded,
         }
     }
+}
+
+/// The networks of a CIDR list, for matching.
+pub(super) fn nets(list: &[Cidr]) -> Vec<IpNet> {
+    list.iter().map(|c| c.0).collect()
 }

@@ -1,6 +1,7 @@
-//! The command line: `run`, `check`, `hash-key`, `fleet`.
+//! The command line: `run`, `check`, `hash-key`, `schema`, `fleet`.
 
-use clap::{Args, Parser, Subcommand};
+use crate::config::LogFormat;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -34,6 +35,8 @@ pub enum Command {
         #[arg(required = true, value_name = "ADMIN_URL")]
         urls: Vec<String>,
     },
+    /// Print the JSON Schema of the config file, for editors (yaml-language-server).
+    Schema,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -51,4 +54,28 @@ pub struct RunArgs {
     /// Take the listening sockets over from a running switchyard (graceful upgrade).
     #[arg(short = 'u', long)]
     pub upgrade: bool,
+    /// The process log on stderr as text or JSON lines (wins over server.log_format).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl Cli {
+    /// `--log-format`, if the command serves and it was given.
+    pub fn log_format(&self) -> Option<LogFormat> {
+        let args = match &self.command {
+            Some(Command::Run(args)) => args,
+            None => &self.run,
+            Some(_) => return None,
+        };
+        args.log_format.map(|f| match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        })
+    }
 }

@@ -5,27 +5,19 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::process::ExitCode;
 use switchyard::cli::{Cli, Command};
 use switchyard::{config, serve};
 
 fn main() -> ExitCode {
-    let mut logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    // Diagnostics are queued for a writer thread too: a stalled stderr must not stall a worker.
-    logger.target(env_logger::Target::Pipe(Box::new(
-        switchyard::logsink::StderrQueue,
-    )));
-    if std::io::stderr().is_terminal() {
-        logger.write_style(env_logger::WriteStyle::Always);
-    }
-    logger.init();
     let cli = Cli::parse();
+    switchyard::process_log::init(cli.log_format());
     let code = match cli.command {
         Some(Command::Check { config }) => check(&config),
         Some(Command::HashKey) => hash_key(),
         Some(Command::Fleet { urls }) => fleet(&urls),
+        Some(Command::Schema) => schema(),
         Some(Command::Run(args)) => run(args),
         None => run(cli.run),
     };
@@ -49,7 +41,8 @@ fn run(args: switchyard::cli::RunArgs) -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    let files = |c: &config::Config| switchyard::tls::check_files(c, path.parent());
+    let files =
+        |c: &config::Config<config::Lenient>| switchyard::tls::check_files(c, path.parent());
     match config::load_file(path, Some(&files)) {
         Ok(l) => {
             let c = &l.config;
@@ -76,6 +69,19 @@ fn fleet(urls: &[String]) -> ExitCode {
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn schema() -> ExitCode {
+    match serde_json::to_string_pretty(&config::schema::json_schema()) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot write the schema: {e}");
             ExitCode::FAILURE
         }
     }

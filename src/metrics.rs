@@ -44,6 +44,10 @@ metric!(TCP_CONNECTIONS: IntCounterVec = register_int_counter_vec!(
 metric!(TCP_BYTES: IntCounterVec = register_int_counter_vec!(
     "switchyard_tcp_bytes_total", "Bytes tunnelled by TCP listeners, by direction.",
     &["listener", "direction"]));
+metric!(PROXY_PROTOCOL_REJECTED: IntCounterVec = register_int_counter_vec!(
+    "switchyard_proxy_protocol_rejected_total",
+    "Connections closed before their PROXY protocol header was accepted, by listener and reason (untrusted, missing, malformed, timeout).",
+    &["listener", "reason"]));
 metric!(BACKEND_HEALTHY: IntGaugeVec = register_int_gauge_vec!(
     "switchyard_backend_healthy", "1 while the backend passes its health checks.",
     &["pool", "backend"]));

@@ -3,7 +3,7 @@
 
 use crate::admin::Admin;
 use crate::config::{self, Config, Protocol, ServerSettings};
-use crate::proxy::connection::ConnectionApp;
+use crate::proxy::connection::{ConnectionApp, PreTlsHeader, ProxyHeaderApp};
 use crate::proxy::redirect::Redirect;
 use crate::proxy::{Edge, Listener};
 use crate::runtime::supervisor::Supervisor;
@@ -44,9 +44,10 @@ pub struct RunOptions {
 /// Loads the config, starts every service and never returns (Pingora owns the process).
 pub fn run(opts: RunOptions) -> Result<()> {
     let path = opts.config.clone();
-    let files = |c: &Config| crate::tls::check_files(c, path.parent());
+    let files = |c: &Config<config::Lenient>| crate::tls::check_files(c, path.parent());
     let loaded = config::load_file(&path, Some(&files))
         .map_err(|e| anyhow::anyhow!("{}", e.render(&path.display().to_string())))?;
+    crate::process_log::configure(loaded.config.server.log_format);
     // Pingora leaves SIGHUP at its default, which ends the process; take it over before any
     // listener is up. The supervisor listens for it once it runs.
     signal_hook::flag::register(
@@ -83,14 +84,19 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let bootstrap = server.bootstrap_as_a_service();
     let threads = loaded.config.server.threads;
     for l in &loaded.config.listeners {
+        if l.proxy_protocol.is_some() {
+            crate::proxy_protocol::register(&l.name);
+        }
         if l.protocol == Protocol::Tcp {
             let app = TcpProxy {
                 state: state.clone(),
                 listener: l.name.clone(),
             };
+            let app = ProxyHeaderApp::new(app, state.clone(), &l.name);
             let mut svc = Service::new(l.name.clone(), app);
             svc.set_connection_filter(Arc::new(AcceptFilter {
                 state: state.clone(),
+                listener: l.name.clone(),
             }));
             svc.add_tcp(&l.listen);
             svc.threads = Some(threads);
@@ -98,7 +104,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
             continue;
         }
         if let Some(port) = l.redirect_to_https {
-            let mut svc = Service::new(l.name.clone(), Redirect { port });
+            let app = ProxyHeaderApp::new(Redirect { port }, state.clone(), &l.name);
+            let mut svc = Service::new(l.name.clone(), app);
             svc.add_tcp(&l.listen);
             svc.threads = Some(1);
             server.add_service(svc).add_dependency(&bootstrap);
@@ -123,12 +130,21 @@ pub fn run(opts: RunOptions) -> Result<()> {
             proxy.server_options = Some(options);
         }
         let app = ConnectionApp::new(proxy, state.clone(), &l.name);
+        // A plaintext connection's PROXY header is read by this wrapper; a TLS one's before
+        // the handshake (below), since Pingora terminates TLS before the app sees the stream.
+        let app = ProxyHeaderApp::new(app, state.clone(), &l.name);
         let mut svc = Service::new(l.name.clone(), app);
         let (listener, read_buffer) = match store {
-            Some(store) => (
-                ListenerConfig::tcp(l.listen.clone()).tls(crate::tls::listener_settings(store)),
-                TLS_READ_BUFFER,
-            ),
+            Some(store) => {
+                svc.endpoints().set_pre_tls_callback(Arc::new(PreTlsHeader {
+                    state: state.clone(),
+                    listener: l.name.clone(),
+                }));
+                (
+                    ListenerConfig::tcp(l.listen.clone()).tls(crate::tls::listener_settings(store)),
+                    TLS_READ_BUFFER,
+                )
+            }
             None => (ListenerConfig::tcp(l.listen.clone()), PLAIN_READ_BUFFER),
         };
         svc.add_listener(listener.l4_buffer(L4BufferSettings::new(

@@ -1,9 +1,13 @@
 //! Raw TCP listeners (`protocol: tcp`): each connection is tunnelled to a backend of the
 //! listener's pool, chosen by the pool's balancing and health checks, with connect failover
-//! and an idle timeout. Allow/deny lists are applied at accept (Pingora's connection filter).
+//! and an idle timeout. Allow/deny lists are applied at accept (Pingora's connection filter),
+//! or, on a listener with `proxy_protocol`, to the client its header names (the socket peer
+//! is the balancer). `send_proxy_protocol` opens each backend connection with a header of
+//! its own that carries the client's address.
 
 use crate::runtime::policy::acl;
 use crate::runtime::pool::{client_ip_key, InflightGuard};
+use crate::runtime::snapshot::EdgePolicy;
 use crate::runtime::{HashOn, State};
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -28,6 +32,7 @@ pub struct TcpProxy {
 /// Refuses connections from denied addresses before anything is read.
 pub struct AcceptFilter {
     pub state: Arc<State>,
+    pub listener: String,
 }
 
 impl std::fmt::Debug for AcceptFilter {
@@ -40,13 +45,29 @@ impl std::fmt::Debug for AcceptFilter {
 impl ConnectionFilter for AcceptFilter {
     async fn should_accept(&self, addr: Option<&SocketAddr>) -> bool {
         let snap = self.state.snapshot();
-        let ip = addr.map(|a| a.ip().to_canonical());
-        let ok = acl::permits(ip, &snap.edge.allow, &snap.edge.deny);
-        if !ok {
-            log::info!("tcp: refused a connection from {ip:?} (edge allow/deny)");
+        if snap.proxy_protocol.contains_key(&self.listener) {
+            // The peer is a balancer: the client is known once its header is read.
+            return true;
         }
-        ok
+        permitted(addr.map(|a| a.ip().to_canonical()), &snap.edge)
     }
+}
+
+fn permitted(ip: Option<IpAddr>, edge: &EdgePolicy) -> bool {
+    let ok = acl::permits(ip, &edge.allow, &edge.deny);
+    if !ok {
+        log::info!("tcp: refused a connection from {ip:?} (edge allow/deny)");
+    }
+    ok
+}
+
+/// The client's address and the one it connected to, as the stream's socket digest has them
+/// (the PROXY header's, when the listener reads one).
+fn addresses(io: &Stream) -> Option<(SocketAddr, SocketAddr)> {
+    let digest = io.get_socket_digest()?;
+    let peer = *digest.peer_addr()?.as_inet()?;
+    let local = *digest.local_addr()?.as_inet()?;
+    Some((peer, local))
 }
 
 fn peer_ip(io: &Stream) -> Option<IpAddr> {
@@ -68,6 +89,12 @@ impl ServerApp for TcpProxy {
         let idle = listener.idle.map(|d| d.get()).unwrap_or(DEFAULT_IDLE);
         let retries = listener.retries.unwrap_or(DEFAULT_RETRIES);
         let client = peer_ip(&io);
+        if snap.proxy_protocol.contains_key(&self.listener) && !permitted(client, &snap.edge) {
+            return None;
+        }
+        let send_header = listener
+            .send_proxy_protocol
+            .map(|v| crate::proxy_protocol::encode(v, addresses(&io)));
         let mut buf = [0u8; 16];
         // The same key as HTTP routes use, so a client lands on the same backend either way.
         let key = match &pool.hash_on {
@@ -87,8 +114,18 @@ impl ServerApp for TcpProxy {
             };
             let connect = pool.config.timeouts.connect.get();
             match tokio::time::timeout(connect, TcpStream::connect(member.addr)).await {
-                Ok(Ok(upstream)) => {
+                Ok(Ok(mut upstream)) => {
                     pool.record_outcome(&member, false);
+                    if let Some(header) = &send_header {
+                        if let Err(e) = upstream.write_all(header).await {
+                            log::info!(
+                                "tcp {}: backend {} closed before the PROXY header: {e}",
+                                self.listener,
+                                member.addr
+                            );
+                            return None;
+                        }
+                    }
                     self.tunnel(io, upstream, slot, idle, shutdown.clone())
                         .await;
                     return None;

@@ -572,7 +572,7 @@ async fn sigkill_during_writes_leaves_the_old_or_the_new_file() {
         // Backends were only ever appended in order: the file must hold a prefix of them.
         let added: Vec<String> = loaded.config.pools["app"].backends[1..]
             .iter()
-            .map(|b| b.address.clone())
+            .map(|b| b.address.to_string())
             .collect();
         let expected: Vec<String> = (0..added.len() as u16)
             .map(|i| format!("127.0.0.1:{}", 30000 + i))

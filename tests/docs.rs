@@ -9,7 +9,8 @@ version: 1
 admin: {listen: "127.0.0.1:9901", api_key: "0123456789abcdef0123456789abcdef"}
 listeners:
   - {name: https, listen: "127.0.0.1:8443", tls: {self_signed: [localhost]}}
-  - {name: tcp, listen: "127.0.0.1:8081", protocol: tcp, pool: p, idle: 1h, retries: 2}
+  - {name: tcp, listen: "127.0.0.1:8081", protocol: tcp, pool: p, idle: 1h, retries: 2,
+     proxy_protocol: {trusted: [10.0.0.0/8]}, send_proxy_protocol: v2}
 pools:
   p:
     passive_health: {consecutive_failures: 5, eject_for: 30s}

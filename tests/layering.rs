@@ -11,6 +11,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("logsink", 1),
     ("config", 1),
     ("tls", 2),
+    ("proxy_protocol", 2),
+    ("process_log", 2),
     ("runtime", 3),
     ("proxy", 4),
     ("tcp", 4),

@@ -2,7 +2,7 @@
 //! (`runtime::policy::auth`): both sides are hashed and the digests compared with `subtle`, so
 //! neither a key's length nor its first wrong byte shows in the timing.
 
-use crate::config::ApiKey;
+use crate::config::Secret;
 use crate::runtime::policy::auth::{self, ClientKey};
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
@@ -14,8 +14,8 @@ pub(super) struct Caller {
 }
 
 /// Checks the request's key against `configured` (plain or `sha256:<hex>`).
-pub(super) fn check(headers: &HeaderMap, configured: Option<&str>) -> Option<Caller> {
-    let key = ClientKey::compile(&ApiKey::Plain(configured?.to_string()))?;
+pub(super) fn check(headers: &HeaderMap, configured: Option<&Secret>) -> Option<Caller> {
+    let key = ClientKey::of(configured?);
     auth::check(headers, std::slice::from_ref(&key))?;
     let given = auth::presented(headers)?;
     Some(Caller {
@@ -44,12 +44,14 @@ mod tests {
         let key = "k".repeat(32);
         let hashed = format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())));
         for configured in [key.as_str(), hashed.as_str()] {
+            let configured = Secret::parse(configured).expect("key");
             let bearer = with("authorization", &format!("Bearer {key}"));
-            assert!(check(&bearer, Some(configured)).is_some());
-            assert!(check(&with("x-api-key", &key), Some(configured)).is_some());
-            assert!(check(&with("x-api-key", "wrong"), Some(configured)).is_none());
+            assert!(check(&bearer, Some(&configured)).is_some());
+            assert!(check(&with("x-api-key", &key), Some(&configured)).is_some());
+            assert!(check(&with("x-api-key", "wrong"), Some(&configured)).is_none());
         }
-        assert!(check(&HeaderMap::new(), Some(&key)).is_none());
+        let plain = Secret::parse(&key).expect("key");
+        assert!(check(&HeaderMap::new(), Some(&plain)).is_none());
         assert!(check(&with("x-api-key", &key), None).is_none());
     }
 }

@@ -4,7 +4,7 @@
 //! is in the history).
 
 use super::{json_reply, Reply};
-use crate::config::{self, check_host_port, Loaded};
+use crate::config::{self, HostPort, Loaded};
 use crate::runtime::{State, WriteError};
 use serde::Deserialize;
 use serde_json::json;
@@ -146,7 +146,7 @@ pub(super) fn add_backend(raw: &str, pool: &str, body: &[u8]) -> Result<String, 
             "expected {{\"address\", \"weight\"?, \"models\"?}}: {e}"
         ))
     })?;
-    check_host_port(&new.address).map_err(WriteError::BadRequest)?;
+    HostPort::parse(&new.address).map_err(WriteError::BadRequest)?;
     let mut doc = document(raw)?;
     let list = backends(&mut doc, pool)?;
     if list

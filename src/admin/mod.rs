@@ -238,7 +238,7 @@ impl ServeHttp for Admin {
             "/metrics" => !admin.metrics_require_key,
             _ => false,
         };
-        let caller = auth::check(&headers, admin.api_key.as_deref());
+        let caller = auth::check(&headers, admin.api_key.as_ref());
         // The key is checked on the head alone. A refused request's body is neither read nor
         // drained: the connection is closed after the answer, however much was announced.
         // The open endpoints take no body either.

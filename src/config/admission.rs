@@ -2,10 +2,11 @@
 
 use super::units::Dur;
 use super::values::RateLimitKey;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `pools.NAME.queue`: wait up to `timeout` for a free `max_inflight` slot instead of 503.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     /// Requests that may wait at once; the next one gets 503 at once.
@@ -16,7 +17,18 @@ pub struct QueueConfig {
 
 /// A waiting request of a higher class always gets a free slot before a lower one.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Deserialize, Serialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Deserialize,
+    Serialize,
+    JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
@@ -52,10 +64,12 @@ impl Priority {
 
 /// A route's token budget: `tokens` per `per`, counted per `key`, from the usage the
 /// backends report.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenLimitConfig {
+    /// Tokens (prompt and completion) allowed per window.
     pub tokens: u64,
+    /// The window.
     pub per: Dur,
     /// `client_ip | api_key | header:NAME`.
     #[serde(default)]

@@ -1,26 +1,36 @@
 //! The `edge:` section: the global policies.
 
+use super::stage::{Checked, Stage};
 use super::types::d;
 use super::units::Dur;
+use super::values::Cidr;
 use super::values::LogField;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EdgeConfig {
+/// The global policies, applied to every request before routing.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, bound = "")]
+pub struct EdgeConfig<S: Stage = Checked> {
+    /// Peers whose `X-Forwarded-For` is believed (CIDRs or addresses).
     #[serde(default)]
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<S::Of<Cidr>>,
+    /// Only clients in these networks are served (empty = everyone).
     #[serde(default)]
-    pub allow: Vec<String>,
+    pub allow: Vec<S::Of<Cidr>>,
+    /// Clients in these networks are refused (403), even when `allow` lists them.
     #[serde(default)]
-    pub deny: Vec<String>,
+    pub deny: Vec<S::Of<Cidr>>,
+    /// Add `X-Content-Type-Options`, `X-Frame-Options`, `Referrer-Policy` (and HSTS on TLS) unless the backend set them.
     #[serde(default = "d::yes")]
     pub security_headers: bool,
+    /// The access log.
     #[serde(default)]
     pub access_log: AccessLogConfig,
     /// A client must send its whole request head within this (slowloris).
     #[serde(default = "d::header_timeout")]
     pub header_timeout: Dur,
+    /// Idle client keep-alive connections are closed after this.
     #[serde(default = "d::keepalive_timeout")]
     pub keepalive_timeout: Dur,
     /// A request body must arrive whole within this, counted from the end of its head.
@@ -38,7 +48,7 @@ pub struct EdgeConfig {
 }
 
 /// What an encoded slash or backslash in a request path gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EscapedSlashes {
     #[default]
@@ -48,12 +58,13 @@ pub enum EscapedSlashes {
 
 /// The least rate a request body may arrive at once its grace period is over (Kestrel's
 /// `MinRequestBodyDataRate`): a trickle is cut, a slow real upload survives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MinBodyRate {
     /// 0 turns the check off.
     #[serde(default = "d::min_body_bytes_per_second")]
     pub bytes_per_second: u64,
+    /// Counted from the request head; the rate is checked once it is over.
     #[serde(default = "d::min_body_grace")]
     pub grace: Dur,
 }
@@ -67,7 +78,7 @@ impl Default for MinBodyRate {
     }
 }
 
-impl Default for EdgeConfig {
+impl<S: Stage> Default for EdgeConfig<S> {
     fn default() -> Self {
         EdgeConfig {
             trusted_proxies: Vec::new(),
@@ -85,11 +96,14 @@ impl Default for EdgeConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// The access log: one JSON line per request on stdout.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogConfig {
+    /// Write the access log.
     #[serde(default = "d::yes")]
     pub enabled: bool,
+    /// `json`, the only format.
     #[serde(default = "d::log_format")]
     pub format: String,
     /// Only these fields in each line (empty = all of them).

@@ -1,8 +1,13 @@
 //! The configuration file: parsing, `${VAR}` interpolation, validation, storage.
 //!
 //! `parse` turns text into a [`Config`] or into every problem found, each with its YAML path
-//! and, where the parser kept it, line and column.
+//! and, where the parser kept it, line and column. The file is read leniently first (a bad
+//! CIDR, address or key is kept as rejected text, see `stage.rs`) so that validation reports
+//! every problem at once; a config without problems is then read as [`Checked`] types.
 
+#[macro_use]
+mod stage;
+mod address;
 mod admission;
 pub mod diff;
 mod edge;
@@ -10,6 +15,8 @@ mod env;
 mod locate;
 mod placement;
 mod route;
+pub mod schema;
+mod secret;
 pub mod store;
 mod store_redis;
 mod types;
@@ -17,14 +24,16 @@ pub mod units;
 mod validate;
 pub mod values;
 
+pub use address::{split_host_port, HostPort};
 pub use admission::*;
 pub use edge::*;
 pub use env::{process_env, substitute};
 pub use placement::*;
 pub use route::*;
+pub use secret::{Bearer, Secret};
+pub use stage::{Checked, Lenient, Parsed, Stage, Text};
 pub use store_redis::*;
 pub use types::*;
-pub use validate::{check_host_port, split_host_port};
 pub use values::{
     Cidr, HashOn, HeaderKey, HeaderText, HostPattern, LogField, MethodName, RateLimitKey, RetryOn,
     TlsVersion,
@@ -124,7 +133,7 @@ pub fn hash_bytes(bytes: &[u8]) -> String {
 
 /// A check of a parsed config that needs more than the config itself (files on disk, such
 /// as certificates); its problems are reported with validation's, placed the same way.
-pub type FileCheck<'a> = &'a dyn Fn(&Config) -> Vec<Problem>;
+pub type FileCheck<'a> = &'a dyn Fn(&Config<Lenient>) -> Vec<Problem>;
 
 /// Reads, parses and validates the file at `path` against the process environment.
 pub fn load_file(path: &Path, files: Option<FileCheck<'_>>) -> Result<Loaded, ConfigError> {
@@ -170,25 +179,32 @@ pub fn parse(
             .collect();
         return Err(ConfigError::Invalid(problems));
     }
-    let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        let message = e.inner().to_string();
-        ConfigError::Invalid(vec![locate(Problem::new(path, message))])
-    })?;
-    let mut problems = validate::validate(&config);
+    let read: Config<Lenient> = typed(&value).map_err(|p| ConfigError::Invalid(vec![locate(p)]))?;
+    let mut problems = validate::validate(&read);
     if let Some(check) = files {
-        problems.extend(check(&config));
+        problems.extend(check(&read));
     }
     if !problems.is_empty() {
         return Err(ConfigError::Invalid(
             problems.into_iter().map(locate).collect(),
         ));
     }
+    // Every value parsed in the lenient reading, with the same parser: this reading cannot
+    // refuse one, and if it ever did, that is an error here, never a value left out.
+    let config: Config = typed(&value).map_err(|p| ConfigError::Invalid(vec![locate(p)]))?;
     Ok(Loaded {
         config,
         raw: raw.to_string(),
         hash: hash_bytes(raw.as_bytes()),
+    })
+}
+
+/// `value` read as `T`, or the serde error at its YAML path.
+fn typed<T: serde::de::DeserializeOwned>(value: &serde_yaml::Value) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        Problem::new(path, e.inner().to_string())
     })
 }
 
@@ -271,6 +287,47 @@ mod tests {
         let p = &err.problems()[0];
         assert_eq!(p.path, "admin.api_key");
         assert_eq!(p.line, Some(3));
+    }
+
+    #[test]
+    fn every_rejected_value_is_reported_and_a_checked_config_keeps_every_entry() {
+        let digest = "a".repeat(64);
+        let text = "version: 1\nadmin: {api_key: \"sha256:12\"}\n\
+             pools:\n  p:\n    backends:\n      - {address: \"x y:1\", api_key: \"a\\nb\"}\n\
+             routes:\n  - name: r\n    pool: p\n    deny: [10.0.0.0/8, nope]\n\
+             \x20   auth: {api_keys: [{key: \"sha256:zz\"}, short]}\n\
+             edge: {allow: [1.2.3.4/40]}\n";
+        let err = parse(text, &no_env, None).unwrap_err();
+        let paths: Vec<String> = err.problems().into_iter().map(|p| p.path).collect();
+        for want in [
+            "admin.api_key",
+            "pools.p.backends[0].address",
+            "pools.p.backends[0].api_key",
+            "routes[0].deny[1]",
+            "routes[0].auth.api_keys[0]",
+            "routes[0].auth.api_keys[1]",
+            "edge.allow[0]",
+        ] {
+            assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
+        }
+
+        let text = format!(
+            "version: 1\npools:\n  p:\n    backends: [{{address: \"127.0.0.1:1\"}}, {{address: \"b.internal:2\"}}]\n\
+             routes:\n  - name: r\n    pool: p\n    allow: [10.0.0.0/8, 192.0.2.7, \"::1\"]\n\
+             \x20   auth: {{api_keys: [\"sha256:{digest}\", {{key: 0123456789abcdef, name: k}}]}}\n"
+        );
+        let c = parse(&text, &no_env, None).expect("valid").config;
+        let backends: Vec<String> = c.pools["p"]
+            .backends
+            .iter()
+            .map(|b| b.address.to_string())
+            .collect();
+        assert_eq!(backends, ["127.0.0.1:1", "b.internal:2"]);
+        let allow: Vec<String> = c.routes[0].allow.iter().map(Cidr::to_string).collect();
+        assert_eq!(allow, ["10.0.0.0/8", "192.0.2.7/32", "::1/128"]);
+        let keys = &c.routes[0].auth.as_ref().expect("auth").api_keys;
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].secret().digest(), &[0xaa; 32]);
     }
 
     #[test]

@@ -4,12 +4,13 @@
 use super::types::d;
 use super::units::Dur;
 use http::HeaderName;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
 /// The inference servers whose Prometheus metric names switchyard knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
     Vllm,
@@ -54,14 +55,16 @@ impl Engine {
 }
 
 /// `pools.NAME.load`: where `balance: least_load` reads each backend's own load.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoadConfig {
     /// A preset of metric names; `queue`, `running` and `cache` override it.
     #[serde(default)]
     pub engine: Option<Engine>,
+    /// How often each backend's metrics are read.
     #[serde(default = "d::load_interval")]
     pub interval: Dur,
+    /// The path of the engines' Prometheus metrics.
     #[serde(default = "d::metrics_path")]
     pub metrics_path: String,
     /// Requests waiting in the engine.
@@ -149,9 +152,10 @@ impl From<AffinityKey> for String {
 }
 
 /// `pools.NAME.affinity`: consistent hashing with bounded loads.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AffinityConfig {
+    /// `prompt_prefix` or `header:NAME`.
     pub key: AffinityKey,
     /// How much of the prompt is hashed, in bytes.
     #[serde(default = "d::prefix_bytes")]
@@ -162,7 +166,7 @@ pub struct AffinityConfig {
 }
 
 /// A route's `openai:` — `true`, or the model names it rewrites.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum OpenAiSetting {
     Enabled(bool),
@@ -200,7 +204,8 @@ impl<'de> Deserialize<'de> for OpenAiSetting {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+/// Model names a route rewrites.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiModels {
     /// A requested name → the model served under it.

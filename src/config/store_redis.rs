@@ -1,9 +1,10 @@
 //! `store:`: where limits that several nodes share are counted (Redis).
 
 use super::units::Dur;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     #[serde(default)]
@@ -11,7 +12,7 @@ pub struct StoreConfig {
 }
 
 /// One Redis server that every node of a fleet names the same way.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisStoreConfig {
     /// `redis://[user:pass@]host:port[/db]`; `rediss://` for TLS.
@@ -30,7 +31,7 @@ pub struct RedisStoreConfig {
 }
 
 /// What a shared limit decides when Redis does not answer in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnStoreError {
     /// Admit the request.

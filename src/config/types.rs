@@ -1,51 +1,71 @@
 //! The YAML file's shape (docs/configuration.md). Unknown fields are errors everywhere.
 //!
+//! The types that hold a value which must not stop the reading at the first bad one take a
+//! [`Stage`] (see `stage.rs`); the runtime sees them as `Checked`, the default.
+//!
 //! Keys of features that are not built yet are typed as raw YAML values so that they are
 //! recognised, and `validate` rejects them with "not supported yet" instead of ignoring them.
 
 use super::edge::EdgeConfig;
 use super::route::RouteConfig;
+use super::secret::{Bearer, Secret};
+use super::stage::{Checked, Stage};
 use super::units::{Dur, Size};
-use super::values::HashOn;
+use super::values::{Cidr, HashOn};
 use super::values::{MethodName, RetryOn, TlsVersion};
+use super::HostPort;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub type Unsupported = Option<serde_yaml::Value>;
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, bound = "")]
+pub struct Config<S: Stage = Checked> {
     /// The format version; the file must say it (only 1 is known).
+    #[schemars(range(min = 1, max = 1))]
     pub version: u32,
+    /// Process settings.
     #[serde(default)]
     pub server: ServerSettings,
+    /// The admin listener.
     #[serde(default)]
-    pub admin: AdminSettings,
+    pub admin: AdminSettings<S>,
+    /// The listening sockets.
     #[serde(default)]
     pub listeners: Vec<ListenerSettings>,
+    /// Upstream pools, by name.
     #[serde(default)]
-    pub pools: BTreeMap<String, PoolConfig>,
+    pub pools: BTreeMap<String, PoolConfig<S>>,
+    /// Routes, in match order: the first match wins, no match → 404.
     #[serde(default)]
-    pub routes: Vec<RouteConfig>,
+    pub routes: Vec<RouteConfig<S>>,
+    /// Global policies.
     #[serde(default)]
-    pub edge: EdgeConfig,
+    pub edge: EdgeConfig<S>,
     /// Where shared limits are counted.
     #[serde(default)]
     pub store: super::StoreConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// Process settings (Pingora's `ServerConf`); a change applies in a new process (SIGHUP upgrade).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
+    /// Worker threads per listener service: the cores the proxy may use.
     #[serde(default = "d::threads")]
     pub threads: usize,
+    /// Written in daemon mode (`-d`).
     #[serde(default = "d::pid_file")]
     pub pid_file: String,
+    /// The socket of the listener handover for `-u` upgrades.
     #[serde(default = "d::upgrade_sock")]
     pub upgrade_sock: String,
+    /// After SIGTERM/SIGQUIT, how long requests in flight may finish.
     #[serde(default = "d::grace_period")]
     pub grace_period_seconds: u64,
+    /// Then how long the runtimes get to stop.
     #[serde(default = "d::graceful_shutdown_timeout")]
     pub graceful_shutdown_timeout_seconds: u64,
     /// Idle upstream connections kept per process for reuse.
@@ -55,6 +75,18 @@ pub struct ServerSettings {
     /// its own connections, like nginx's workers, which measured ~7 % less CPU per request.
     #[serde(default)]
     pub work_stealing: bool,
+    /// The process log on stderr (not the access log): `text` lines, or `json` lines for
+    /// journald and log shippers. `--log-format` wins over it.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for ServerSettings {
@@ -67,26 +99,34 @@ impl Default for ServerSettings {
             graceful_shutdown_timeout_seconds: d::graceful_shutdown_timeout(),
             upstream_keepalive_pool_size: d::keepalive_pool(),
             work_stealing: false,
+            log_format: LogFormat::Text,
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminSettings {
+/// The admin listener: `/health`, `/metrics`, `/status` and the config API.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, bound = "")]
+pub struct AdminSettings<S: Stage = Checked> {
+    /// `ip:port` of the admin listener.
     #[serde(default = "d::admin_listen")]
     pub listen: String,
+    /// The key of the admin API (at least 32 characters), or `sha256:<hex>` of it.
     #[serde(default)]
-    pub api_key: Option<String>,
+    pub api_key: Option<S::Of<Secret>>,
+    /// Previous file versions kept for the admin API.
     #[serde(default = "d::history")]
     pub history: usize,
+    /// `/metrics` asks for the admin key too.
     #[serde(default)]
     pub metrics_require_key: bool,
+    /// Not supported yet: refused when set.
     #[serde(default)]
+    #[schemars(with = "()")]
     pub tls: Unsupported,
 }
 
-impl Default for AdminSettings {
+impl<S: Stage> Default for AdminSettings<S> {
     fn default() -> Self {
         AdminSettings {
             listen: d::admin_listen(),
@@ -98,7 +138,8 @@ impl Default for AdminSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+/// What a listener serves: `http` (HTTP/1.1, HTTP/2, h2c) or `tcp` (bytes tunnelled to a pool's backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -106,46 +147,84 @@ pub enum Protocol {
     Tcp,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// A listening socket; listeners are fixed per process (a change applies through the SIGHUP upgrade).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSettings {
+    /// Unique name, the `listener` label of metrics.
     pub name: String,
+    /// `ip:port`, unique across listeners and the admin listener.
     pub listen: String,
+    /// `http`, or `tcp` to tunnel bytes to a backend of `pool`.
     #[serde(default)]
     pub protocol: Protocol,
+    /// Terminate TLS (http listeners); plaintext listeners also accept h2c.
     #[serde(default)]
     pub tls: Option<ListenerTls>,
     /// Answer every request with a 308 to `https://host:PORT/...`.
     #[serde(default)]
     pub redirect_to_https: Option<u16>,
+    /// `tcp`: the pool whose backends get the tunnels.
     #[serde(default)]
     pub pool: Option<String>,
+    /// `tcp`: a tunnel silent this long in both directions is closed (default 1h).
     #[serde(default)]
     pub idle: Option<Dur>,
+    /// `tcp`: further backends tried when a connect fails (default 2).
     #[serde(default)]
     pub retries: Option<u32>,
+    /// Read a PROXY protocol header (v1 or v2) before anything else on each connection; its
+    /// client address becomes the client's for policies, logs and forwarded headers.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocolSettings>,
+    /// `protocol: tcp` only: open every backend connection with a PROXY header of this
+    /// version, carrying the client's address.
+    #[serde(default)]
+    pub send_proxy_protocol: Option<ProxyProtocolVersion>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocolSettings {
+    /// The balancers allowed to send the header (CIDRs); a connection from anywhere else
+    /// is closed before a byte is read.
+    pub trusted: Vec<Cidr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolVersion {
+    V1,
+    V2,
+}
+
+/// TLS on a listener; the certificate is chosen by SNI. ALPN offers h2 then http/1.1.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
+    /// PEM files, re-read on every reload.
     #[serde(default)]
     pub certificates: Vec<CertificatePair>,
     /// Names (DNS or IP) of an in-memory self-signed certificate made at start.
     #[serde(default)]
     pub self_signed: Vec<String>,
+    /// The lowest TLS version accepted ("1.2"; "1.3" is not supported yet).
     #[serde(default)]
     pub min_version: TlsVersion,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// A PEM certificate chain and its key; relative names are taken from the config file's folder.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificatePair {
+    /// The certificate chain (PEM).
     pub cert: String,
+    /// Its private key (PEM).
     pub key: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+/// How a pool picks a backend (weights are honoured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     #[default]
@@ -157,27 +236,34 @@ pub enum Balance {
     LeastLoad,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PoolConfig {
+/// An upstream pool: its backends, how one is chosen, checked and connected to.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, bound = "")]
+pub struct PoolConfig<S: Stage = Checked> {
+    /// `round_robin`, `random`, `consistent_hash` (needs `hash_on`) or `least_requests`.
     #[serde(default)]
     pub balance: Balance,
     /// `client_ip | header:NAME | cookie:NAME | query:NAME`, for `consistent_hash`.
     #[serde(default)]
     pub hash_on: Option<HashOn>,
+    /// Active health checks.
     #[serde(default)]
     pub health_check: HealthCheckConfig,
     /// Eject a backend after consecutive 5xx answers or connect failures.
     #[serde(default)]
     pub passive_health: Option<PassiveHealth>,
+    /// Connect, read, write and idle timeouts to the backends.
     #[serde(default)]
     pub timeouts: PoolTimeouts,
+    /// TLS to the backends: `false`, `true` or `{sni, verify}`.
     #[serde(default)]
     pub tls: UpstreamTls,
+    /// How often backends given as `host:port` are resolved again.
     #[serde(default = "d::dns_refresh")]
     pub dns_refresh: Dur,
+    /// The backends; a pool used by a route needs at least one.
     #[serde(default)]
-    pub backends: Vec<BackendConfig>,
+    pub backends: Vec<BackendConfig<S>>,
     /// Wait for a free `max_inflight` slot instead of answering 503 at once.
     #[serde(default)]
     pub queue: Option<super::admission::QueueConfig>,
@@ -189,7 +275,8 @@ pub struct PoolConfig {
     pub affinity: Option<super::placement::AffinityConfig>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+/// How backends are checked: `http` (a GET of `path`), `tcp` (a connect) or `none` (every backend counts as healthy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckKind {
     Http,
@@ -198,24 +285,32 @@ pub enum CheckKind {
     None,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// Active health checks of the pool's backends.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
+    /// `http`, `tcp` or `none`.
     #[serde(default)]
     pub kind: CheckKind,
+    /// The path an `http` check asks for.
     #[serde(default = "d::health_path")]
     pub path: String,
     /// Host header of HTTP checks (default: the backend's address).
     #[serde(default)]
     pub host: Option<String>,
+    /// Statuses an `http` check accepts.
     #[serde(default = "d::expect")]
     pub expect: Vec<u16>,
+    /// Time between checks.
     #[serde(default = "d::check_interval")]
     pub interval: Dur,
+    /// Connect (and answer, for `http`) timeout of a check.
     #[serde(default = "d::check_timeout")]
     pub timeout: Dur,
+    /// Consecutive successes that mark a backend up.
     #[serde(default = "d::healthy_after")]
     pub healthy_after: usize,
+    /// Consecutive failures that mark a backend down.
     #[serde(default = "d::unhealthy_after")]
     pub unhealthy_after: usize,
 }
@@ -235,13 +330,17 @@ impl Default for HealthCheckConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+/// Timeouts of connections to the pool's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolTimeouts {
+    /// TCP connect; a TLS handshake gets twice this.
     #[serde(default = "d::connect")]
     pub connect: Dur,
+    /// Each read from the backend: time to first byte, and the gap between streamed chunks.
     #[serde(default = "d::read")]
     pub read: Dur,
+    /// Each write to the backend.
     #[serde(default = "d::write")]
     pub write: Dur,
     /// How long an idle pooled upstream connection stays reusable.
@@ -260,8 +359,8 @@ impl Default for PoolTimeouts {
     }
 }
 
-/// `tls: false | true | {sni, verify, ca}` for connections to the backends.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// `tls: false | true | {sni, verify}` for connections to the backends.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum UpstreamTls {
     Enabled(bool),
@@ -285,7 +384,8 @@ impl UpstreamTls {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// TLS to the backends.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsSettings {
     /// Server name sent and verified (default: the backend's host name).
@@ -305,12 +405,16 @@ impl Default for UpstreamTlsSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendConfig {
-    pub address: String,
+/// One backend of a pool.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, bound = "")]
+pub struct BackendConfig<S: Stage = Checked> {
+    /// `ip:port`, `[ipv6]:port` or `host:port` (a name resolved at run time).
+    pub address: S::Of<HostPort>,
+    /// Relative weight, 1 to 256.
     #[serde(default = "d::weight")]
     pub weight: usize,
+    /// No new requests; requests in flight finish.
     #[serde(default)]
     pub drain: bool,
     /// Models this backend serves (OpenAI routes); empty = any model.
@@ -318,17 +422,20 @@ pub struct BackendConfig {
     pub models: Vec<String>,
     /// Sent to the backend as `Authorization: Bearer` instead of the client's key.
     #[serde(default)]
-    pub api_key: Option<String>,
+    pub api_key: Option<S::Of<Bearer>>,
     /// At most this many requests at once; a full backend is skipped.
     #[serde(default)]
     pub max_inflight: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+/// Eject a backend after consecutive 5xx answers or connect failures.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PassiveHealth {
+    /// 5xx answers or connect failures in a row that eject a backend.
     #[serde(default = "d::passive_failures")]
     pub consecutive_failures: u32,
+    /// How long an ejected backend gets no requests.
     #[serde(default = "d::eject_for")]
     pub eject_for: Dur,
 }

@@ -7,23 +7,6 @@ use ipnet::IpNet;
 use std::fmt;
 use std::net::IpAddr;
 
-/// Serde goes through the text form: `try_from = "String"` and `into = "String"`.
-macro_rules! text_value {
-    ($ty:ty) => {
-        impl TryFrom<String> for $ty {
-            type Error = String;
-            fn try_from(text: String) -> Result<Self, String> {
-                <$ty>::parse(&text)
-            }
-        }
-        impl From<$ty> for String {
-            fn from(v: $ty) -> String {
-                v.to_string()
-            }
-        }
-    };
-}
-
 /// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare address for one host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(try_from = "String", into = "String")]
@@ -47,15 +30,6 @@ impl fmt::Display for Cidr {
 }
 
 text_value!(Cidr);
-
-/// The networks of a validated CIDR list (validation reports every bad entry at once, with
-/// its place, so the list stays text in the config types).
-pub fn nets(list: &[String]) -> Vec<IpNet> {
-    list.iter()
-        .filter_map(|c| Cidr::parse(c).ok())
-        .map(|c| c.0)
-        .collect()
-}
 
 /// A route's host: an exact name (or address), or `*.` and a name, which matches exactly one
 /// label in front (`*.example.com` matches `api.example.com`, never `example.com` or
@@ -209,7 +183,9 @@ impl fmt::Display for RateLimitKey {
 text_value!(RateLimitKey);
 
 /// A field of the access log's JSON line, for `edge.access_log.fields`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LogField {
     Time,
@@ -307,7 +283,17 @@ impl From<RetryOn> for RetryText {
 }
 
 /// The lowest TLS version a listener accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 pub enum TlsVersion {
     #[default]
     #[serde(rename = "1.2")]
@@ -322,7 +308,7 @@ pub enum TlsVersion {
 pub struct MethodName(pub http::Method);
 
 impl MethodName {
-    const KNOWN: [&'static str; 9] = [
+    pub(super) const KNOWN: [&'static str; 9] = [
         "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
     ];
 

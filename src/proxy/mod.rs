@@ -270,6 +270,11 @@ impl ProxyHttp for Edge {
         if ctx.deadline.is_some_and(|d| Instant::now() > d) {
             return Error::e_explain(HTTPStatus(504), "route timeouts.total passed");
         }
+        if end_of_stream {
+            // The backend is done: its slot goes to the next request (or the queue) before
+            // the client sees the end, not after logging.
+            ctx.attempt.inflight = None;
+        }
         if ctx.openai.on {
             self.observe_openai(body.as_deref(), end_of_stream, ctx);
             if let Some(hider) = ctx.openai.usage_filter.as_mut() {
@@ -324,6 +329,23 @@ impl ProxyHttp for Edge {
             error_code: code,
             can_reuse_downstream: keepalive,
         }
+    }
+
+    /// An answered failure (502, 503, 504, a client gone) is in the access log; Pingora's
+    /// ERROR "Fail to proxy" line is kept for faults of the proxy itself.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        retry::answered(e)
+    }
+
+    /// A retry is counted in `switchyard_retries_total` and in the access log's `tries`.
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+        _e: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        true
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {

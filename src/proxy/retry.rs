@@ -154,3 +154,12 @@ pub(super) fn status_for(e: &Error) -> u16 {
         },
     }
 }
+
+/// Whether a failed request's error is for the access log only: the client got its answer
+/// (a status this proxy chose, or a backend's or the client's own failure, which the
+/// access log records with its `error` kind and the retries in `tries`). Anything else is a
+/// fault of the proxy and stays an ERROR line.
+pub(super) fn answered(e: &Error) -> bool {
+    matches!(e.etype(), HTTPStatus(_))
+        || matches!(e.esource(), ErrorSource::Upstream | ErrorSource::Downstream)
+}

@@ -97,12 +97,24 @@ impl HealthCheck for Recorder {
         if let Some(addr) = inet(target) {
             self.table.set_healthy(addr, healthy);
             crate::metrics::set_backend_healthy(&self.pool, &addr.to_string(), healthy);
+            // The one line for the transition (Pingora's own, which prints the whole
+            // `Backend`, is dropped by process_log).
             if healthy {
-                log::info!("pool {}: backend {addr} is healthy again", self.pool);
+                log::warn!("pool {}: backend {addr} is up again", self.pool);
             } else {
-                log::warn!("pool {}: backend {addr} is down", self.pool);
+                let why = self.table.get(&addr).and_then(|h| h.last_error);
+                // Pingora's error text pads its parts with spaces.
+                let why = why.map_or_else(
+                    || "its check failed".to_string(),
+                    |w| w.split_whitespace().collect::<Vec<_>>().join(" "),
+                );
+                log::warn!("pool {}: backend {addr} is down: {why}", self.pool);
             }
         }
+    }
+
+    fn backend_summary(&self, target: &Backend) -> String {
+        format!("pool {}: backend {}", self.pool, target.addr)
     }
 
     fn health_threshold(&self, success: bool) -> usize {

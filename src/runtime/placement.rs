@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 
 /// Points per unit of weight on the ring: enough for an even spread over a few backends.
-const POINTS_PER_WEIGHT: usize = 64;
+const POINTS_PER_WEIGHT: usize = 160;
 
 /// The consistent-hash ring of a pool's members.
 #[derive(Debug, Default)]

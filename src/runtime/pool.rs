@@ -9,7 +9,9 @@ use super::health::{self, HealthTable};
 use super::load::{self, LoadState};
 use super::placement::{self, Candidate, Ring};
 use super::queue::Queue;
-use crate::config::{BackendConfig, Balance, HealthCheckConfig, PoolConfig, UpstreamTlsSettings};
+use crate::config::{
+    BackendConfig, Balance, HealthCheckConfig, HostPort, PoolConfig, UpstreamTlsSettings,
+};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -30,7 +32,7 @@ const MAX_SELECT_STEPS: usize = 256;
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendMeta {
     /// The address as written in the config (`gpu-7.internal:8000`).
-    pub address: String,
+    pub address: HostPort,
     pub weight: usize,
     pub drain: bool,
     /// Models served; empty = any.
@@ -526,7 +528,7 @@ impl Pool {
         let sni = self.tls.as_ref().map(|t| {
             t.sni
                 .clone()
-                .unwrap_or_else(|| host_of(&member.meta.address).to_string())
+                .unwrap_or_else(|| member.meta.address.host().to_string())
         });
         let mut peer = HttpPeer::new(member.addr, sni.is_some(), sni.unwrap_or_default());
         let t = &self.config.timeouts;
@@ -551,12 +553,6 @@ fn backend_of(m: &Member) -> Backend {
     }
 }
 
-fn host_of(address: &str) -> &str {
-    crate::config::split_host_port(address)
-        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-        .unwrap_or(address)
-}
-
 async fn new_handle(
     name: &str,
     config: &PoolConfig,
@@ -577,7 +573,7 @@ async fn build_handle(name: &str, config: &PoolConfig, key: LbKey) -> LbHandle {
     let default_host = config
         .backends
         .first()
-        .map(|b| host_of(&b.address).to_string())
+        .map(|b| b.address.host().to_string())
         .unwrap_or_else(|| "localhost".into());
     let members: Members = Arc::new(ArcSwap::from_pointee(Vec::new()));
     let mut backends = Backends::new(Box::new(MemberDiscovery(members.clone())));
@@ -616,15 +612,12 @@ pub async fn resolve(backends: &[BackendConfig]) -> Vec<Member> {
             weight: b.weight.max(1),
             drain: b.drain,
             models: b.models.clone(),
-            authorization: b
-                .api_key
-                .as_ref()
-                .and_then(|k| http::HeaderValue::from_str(&format!("Bearer {k}")).ok()),
+            authorization: b.api_key.as_ref().map(|k| k.header().clone()),
             max_inflight: b.max_inflight,
         });
-        let addrs: Vec<SocketAddr> = match b.address.parse::<SocketAddr>() {
-            Ok(a) => vec![a],
-            Err(_) => match tokio::net::lookup_host(b.address.as_str()).await {
+        let addrs: Vec<SocketAddr> = match b.address.socket_addr() {
+            Some(a) => vec![a],
+            None => match tokio::net::lookup_host(b.address.as_str()).await {
                 Ok(it) => it.collect(),
                 Err(e) => {
                     log::warn!("cannot resolve backend {}: {e}", b.address);
@@ -650,7 +643,7 @@ pub fn has_hostnames(config: &PoolConfig) -> bool {
     config
         .backends
         .iter()
-        .any(|b| b.address.parse::<SocketAddr>().is_err())
+        .any(|b| b.address.socket_addr().is_none())
 }
 
 #[cfg(test)]
@@ -671,11 +664,5 @@ mod tests {
         };
         assert_eq!(client_ip_key(Some(v6), &mut buf), &want);
         assert!(client_ip_key(None, &mut buf).is_empty());
-    }
-
-    #[test]
-    fn host_part() {
-        assert_eq!(host_of("gpu-7.internal:8000"), "gpu-7.internal");
-        assert_eq!(host_of("[::1]:80"), "::1");
     }
 }

@@ -4,7 +4,7 @@ use super::policy::auth::ClientKey;
 use super::policy::cors::Cors;
 use super::policy::rate_limit::Limiter;
 use super::pool::Pool;
-use crate::config::values::nets;
+use super::snapshot::nets;
 use crate::config::{HeaderKey, HeaderOps, HeaderText, HostPattern, RetryOn, RouteConfig};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
@@ -114,7 +114,7 @@ impl Route {
             keys: config
                 .auth
                 .as_ref()
-                .map(|a| a.api_keys.iter().filter_map(ClientKey::compile).collect()),
+                .map(|a| a.api_keys.iter().map(ClientKey::compile).collect()),
             retry_statuses: config
                 .retry_on
                 .iter()

@@ -5,8 +5,7 @@ use super::policy::budget::Budgets;
 use super::policy::shared::SharedStore;
 use super::pool::Pool;
 use super::router::{Route, Router};
-use crate::config::values::nets;
-use crate::config::{EscapedSlashes, Loaded, LogField, MinBodyRate};
+use crate::config::{Cidr, EscapedSlashes, Loaded, LogField, MinBodyRate};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,6 +32,8 @@ pub struct Snapshot {
     pub router: Router,
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub edge: EdgePolicy,
+    /// The listeners that read a PROXY protocol header first, with the peers they trust.
+    pub proxy_protocol: BTreeMap<String, Vec<IpNet>>,
     /// Token budgets; the same counters in every snapshot of the process.
     pub budgets: Budgets,
     /// `store.redis`, kept from the previous snapshot while its settings stay the same.
@@ -93,6 +94,11 @@ impl Snapshot {
             escaped_slashes: c.edge.escaped_slashes,
             min_body_rate: c.edge.min_body_rate,
         };
+        let proxy_protocol = c
+            .listeners
+            .iter()
+            .filter_map(|l| Some((l.name.clone(), nets(&l.proxy_protocol.as_ref()?.trusted))))
+            .collect();
 
         let store = c.store.redis.as_ref().and_then(|rc| {
             let kept = previous.and_then(|p| p.store.clone());
@@ -108,9 +114,15 @@ impl Snapshot {
             router: Router::new(routes),
             pools,
             edge,
+            proxy_protocol,
             budgets: previous.map(|p| p.budgets.clone()).unwrap_or_default(),
             loaded_at: SystemTime::now(),
             loaded,
         }
     }
+}
+
+/// The networks of a CIDR list, for matching.
+pub(super) fn nets(list: &[Cidr]) -> Vec<IpNet> {
+    list.iter().map(|c| c.0).collect()
 }

@@ -13,7 +13,7 @@ mod backend;
 
 pub use backend::{listener_settings, load_pair, CertStore, Entry};
 
-use crate::config::{Config, ListenerTls, Problem};
+use crate::config::{Config, ListenerTls, Problem, Stage};
 use arc_swap::ArcSwap;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use std::sync::Arc;
 /// Every listener certificate of `config` that cannot be loaded (unreadable, not PEM, key not
 /// matching), as a config problem with its place; relative file names are taken from `base`,
 /// the config file's folder. Part of checking a config, since the store is built from them.
-pub fn check_files(config: &Config, base: Option<&Path>) -> Vec<Problem> {
+pub fn check_files<S: Stage>(config: &Config<S>, base: Option<&Path>) -> Vec<Problem> {
     let mut problems = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let Some(tls) = &l.tls else { continue };

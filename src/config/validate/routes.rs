@@ -1,7 +1,7 @@
 //! The rules for `routes:`: names, targets, matchers and the policies of each route.
 
-use super::Validator;
-use crate::config::types::*;
+use super::{Read, Validator};
+use crate::config::stage::Lenient;
 use crate::config::values::RateLimitKey;
 use crate::config::{ApiKey, AuthConfig, CorsConfig, RateLimitConfig, RouteConfig, RouteMatch};
 use std::collections::HashSet;
@@ -10,7 +10,7 @@ const NEEDS_OPENAI: &str =
     "token budgets count the usage that OpenAI-compatible backends report: set openai: true";
 
 impl Validator {
-    pub(super) fn routes(&mut self, c: &Config) {
+    pub(super) fn routes(&mut self, c: &Read) {
         let mut names = HashSet::new();
         for (i, r) in c.routes.iter().enumerate() {
             let p = format!("routes[{i}]");
@@ -87,7 +87,7 @@ impl Validator {
 
     /// A `respond` route answers by itself: options about a backend would be accepted and do
     /// nothing, so they are refused.
-    fn respond_only(&mut self, p: &str, r: &RouteConfig) {
+    fn respond_only(&mut self, p: &str, r: &RouteConfig<Lenient>) {
         let ignored = [
             ("openai", r.openai.is_on()),
             ("retry_on", r.retry_on_set()),
@@ -123,7 +123,7 @@ impl Validator {
 
     /// Token budgets count the usage OpenAI-compatible backends report, so they need
     /// `openai: true`; an `api_key` count needs the route's keys.
-    fn token_limits(&mut self, p: &str, r: &RouteConfig) {
+    fn token_limits(&mut self, p: &str, r: &RouteConfig<Lenient>) {
         let keys = r.auth.iter().flat_map(|a| a.api_keys.iter());
         for (i, k) in keys.enumerate() {
             let ApiKey::Scoped(k) = k else { continue };
@@ -204,7 +204,7 @@ impl Validator {
         }
     }
 
-    fn auth(&mut self, p: &str, auth: &AuthConfig) {
+    fn auth(&mut self, p: &str, auth: &AuthConfig<Lenient>) {
         if auth.api_keys.is_empty() {
             self.err(
                 format!("{p}.api_keys"),
@@ -212,23 +212,12 @@ impl Validator {
             );
         }
         for (i, k) in auth.api_keys.iter().enumerate() {
-            let key = match k {
-                ApiKey::Plain(k) => k,
-                ApiKey::Scoped(s) => &s.key,
-            };
-            if let Some(hex) = key.strip_prefix("sha256:") {
-                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                    self.err(
-                        format!("{p}.api_keys[{i}]"),
-                        "sha256: must be followed by 64 hex digits",
-                    );
-                }
-            } else if key.chars().count() < 16 {
-                self.err(
-                    format!("{p}.api_keys[{i}]"),
-                    "too short: use at least 16 characters (or sha256:<hex> of a key)",
-                );
-            }
+            self.secret(
+                format!("{p}.api_keys[{i}]"),
+                k.secret(),
+                16,
+                " (or sha256:<hex> of a key)",
+            );
         }
     }
 

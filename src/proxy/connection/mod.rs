@@ -17,8 +17,10 @@
 mod gauge;
 mod guard;
 mod keepalive;
+mod proxy_protocol;
 
 pub use guard::HeadGuard;
+pub use proxy_protocol::{PreTlsHeader, ProxyHeaderApp};
 
 use async_trait::async_trait;
 use gauge::OpenConnection;

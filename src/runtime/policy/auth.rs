@@ -1,7 +1,7 @@
 //! Client API keys of a route: `Authorization: Bearer KEY` or `X-API-Key: KEY`, compared as
 //! sha256 digests in constant time. A key may be limited to some models.
 
-use crate::config::{ApiKey, Priority};
+use crate::config::{ApiKey, Priority, Secret};
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -18,23 +18,31 @@ pub struct ClientKey {
 }
 
 impl ClientKey {
-    pub fn compile(k: &ApiKey) -> Option<ClientKey> {
-        let (key, scoped) = match k {
-            ApiKey::Plain(k) => (k.as_str(), None),
-            ApiKey::Scoped(s) => (s.key.as_str(), Some(s)),
+    pub fn compile(k: &ApiKey) -> ClientKey {
+        let scoped = match k {
+            ApiKey::Plain(_) => None,
+            ApiKey::Scoped(s) => Some(s),
         };
-        let digest = match key.strip_prefix("sha256:") {
-            Some(hex) => hex::decode(hex).ok()?.try_into().ok()?,
-            None => Sha256::digest(key.as_bytes()).into(),
-        };
-        Some(ClientKey {
-            digest,
+        ClientKey {
+            digest: *k.secret().digest(),
             name: scoped.and_then(|s| s.name.clone()),
             models: scoped.map(|s| s.models.clone()).unwrap_or_default(),
             priority: scoped.and_then(|s| s.priority),
             tokens_per_minute: scoped.and_then(|s| s.tokens_per_minute),
             tokens_per_day: scoped.and_then(|s| s.tokens_per_day),
-        })
+        }
+    }
+
+    /// A key without a name, model limit or budget (the admin API's).
+    pub fn of(secret: &Secret) -> ClientKey {
+        ClientKey {
+            digest: *secret.digest(),
+            name: None,
+            models: Vec::new(),
+            priority: None,
+            tokens_per_minute: None,
+            tokens_per_day: None,
+        }
     }
 
     /// What identifies the key in counters: its SHA-256, never the secret.

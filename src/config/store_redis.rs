@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    /// A Redis server that counts `shared: true` limits for every node that names it.
     #[serde(default)]
     pub redis: Option<RedisStoreConfig>,
 }
@@ -15,7 +16,7 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisStoreConfig {
-    /// `redis://[user:pass@]host:port[/db]`; `rediss://` for TLS.
+    /// `redis://[user:pass@]host:port[/db]` (`rediss://`, TLS, is not built in yet).
     pub url: String,
     /// The longest a request waits for a shared decision; then `on_error` decides.
     #[serde(default = "default_timeout")]
@@ -23,6 +24,7 @@ pub struct RedisStoreConfig {
     /// Put in front of every key, so that several fleets can share one server.
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// What a shared limit decides when Redis does not answer within `timeout`.
     #[serde(default)]
     pub on_error: OnStoreError,
     /// How many nodes share the limits: the `local` fallback admits `limit / nodes`.

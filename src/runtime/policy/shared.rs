@@ -46,6 +46,8 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("cannot start the Redis connection thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// A shared limit's answer: admitted (with what is left), or refused.
@@ -95,7 +97,7 @@ impl SharedStore {
         std::thread::Builder::new()
             .name("switchyard-redis".into())
             .spawn(move || connect_thread(client, conn, up, timeout, stopped))
-            .map_err(|e| StoreError::Redis(e.into()))?;
+            .map_err(StoreError::Thread)?;
         Ok(store)
     }
 

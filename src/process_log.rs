@@ -140,6 +140,11 @@ fn rule(target: &str, level: Level, text: &str) -> Rule {
     {
         return Rule::Debug;
     }
+    // A pooled upstream connection busy with its idle watch: Pingora opens a new one.
+    if target.starts_with("pingora_core::connectors") && text == "failed to acquire reusable stream"
+    {
+        return Rule::Debug;
+    }
     // Start-up runs every service in order and says so per service: one event, for which
     // switchyard's own `serving N listener(s)` line speaks.
     let startup = match target {

@@ -443,7 +443,7 @@ async fn check_rejects_an_empty_trusted_list_and_send_on_http() {
     std::fs::write(
         &path,
         format!(
-            "{}listeners:\n  - {{name: a, listen: 127.0.0.1:1, proxy_protocol: {{trusted: []}}}}\n  - {{name: b, listen: 127.0.0.1:2, send_proxy_protocol: v2, proxy_protocol: {{trusted: [10.0.0.0/33]}}}}\n",
+            "{}listeners:\n  - {{name: a, listen: 127.0.0.1:1, proxy_protocol: {{trusted: []}}}}\n  - {{name: b, listen: 127.0.0.1:2, send_proxy_protocol: v2, proxy_protocol: {{trusted: [10.0.0.0/8]}}}}\n",
             Proxy::prelude(dir.path(), free_port())
         ),
     )
@@ -456,6 +456,14 @@ async fn check_rejects_an_empty_trusted_list_and_send_on_http() {
         "{text}"
     );
     assert!(text.contains("listeners[1].send_proxy_protocol"), "{text}");
+    // A bad CIDR is refused when the file is read, with its place.
+    let bad = std::fs::read_to_string(&path)
+        .expect("read")
+        .replace("10.0.0.0/8", "10.0.0.0/33");
+    std::fs::write(&path, bad).expect("write");
+    let (code, out, err) = common::run_cli(&["check", "-c", path.to_str().expect("path")], None);
+    let text = format!("{out}{err}");
+    assert_eq!(code, 1, "{text}");
     assert!(
         text.contains("listeners[1].proxy_protocol.trusted[0]"),
         "{text}"

@@ -2,6 +2,7 @@
 
 mod health;
 pub mod load;
+mod member;
 pub mod placement;
 pub mod policy;
 pub mod pool;

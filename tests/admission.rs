@@ -110,6 +110,19 @@ fn send(g: &Gateway, key: &str, tag: &str) -> tokio::task::JoinHandle<reqwest::R
     tokio::spawn(async move { req.send().await.expect("an answer") })
 }
 
+/// Sends a request that takes the gated backend's one slot, once it has reached the backend.
+async fn hold_slot(
+    g: &Gateway,
+    m: &MockOpenAi,
+    key: &str,
+    tag: &str,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let held = send(g, key, tag);
+    let arrived = wait_until(WAIT, || async { m.calls().len() == 1 }).await;
+    assert!(arrived, "{tag} never reached the backend");
+    held
+}
+
 fn order(m: &MockOpenAi) -> Vec<String> {
     m.calls().into_iter().filter_map(|c| c.user).collect()
 }
@@ -156,8 +169,7 @@ async fn a_full_queue_and_a_long_wait_are_503_with_retry_after() {
     let m = engine("one").await;
     m.knobs.gated.store(true, Ordering::SeqCst);
     let g = gateway(&backends(&[&m], "{max: 1, timeout: 700ms}"), "").await;
-    let first = send(&g, TEAM_B, "first");
-    assert!(wait_until(WAIT, || async { m.calls().len() == 1 }).await);
+    let first = hold_slot(&g, &m, TEAM_B, "first").await;
     let waiting = send(&g, TEAM_B, "waiting");
     g.wait_depth("normal", 1.0).await;
 
@@ -196,8 +208,7 @@ async fn a_client_that_leaves_the_queue_holds_no_place_and_no_slot() {
     let m = engine("one").await;
     m.knobs.gated.store(true, Ordering::SeqCst);
     let g = gateway(&backends(&[&m], "{max: 5, timeout: 30s}"), "").await;
-    let first = send(&g, TEAM_B, "first");
-    assert!(wait_until(WAIT, || async { m.calls().len() == 1 }).await);
+    let first = hold_slot(&g, &m, TEAM_B, "first").await;
 
     // HTTP/1: the client closes its socket while waiting.
     let payload = body("left-h1").to_string();
@@ -243,8 +254,7 @@ async fn waiting_requests_keep_their_place_across_reloads_and_a_removed_pool_ans
     m.knobs.gated.store(true, Ordering::SeqCst);
     let pool = backends(&[&m], "{max: 5, timeout: 30s}");
     let g = gateway(&pool, "").await;
-    let first = send(&g, TEAM_B, "first");
-    assert!(wait_until(WAIT, || async { m.calls().len() == 1 }).await);
+    let first = hold_slot(&g, &m, TEAM_B, "first").await;
     let waiting = send(&g, TEAM_B, "waiting");
     g.wait_depth("normal", 1.0).await;
 
@@ -283,8 +293,7 @@ async fn a_higher_class_always_goes_first() {
     let m = engine("one").await;
     m.knobs.gated.store(true, Ordering::SeqCst);
     let g = gateway(&backends(&[&m], "{max: 50, timeout: 30s}"), "").await;
-    let mut all = vec![send(&g, BATCH, "b0")];
-    assert!(wait_until(WAIT, || async { m.calls().len() == 1 }).await);
+    let mut all = vec![hold_slot(&g, &m, BATCH, "b0").await];
     for i in 1..=3 {
         all.push(send(&g, BATCH, &format!("b{i}")));
         g.wait_depth("low", i as f64).await;
@@ -306,8 +315,7 @@ async fn tenants_of_one_class_take_turns() {
     let m = engine("one").await;
     m.knobs.gated.store(true, Ordering::SeqCst);
     let g = gateway(&backends(&[&m], "{max: 50, timeout: 30s}"), "").await;
-    let mut all = vec![send(&g, TEAM_B, "b0")];
-    assert!(wait_until(WAIT, || async { m.calls().len() == 1 }).await);
+    let mut all = vec![hold_slot(&g, &m, TEAM_B, "b0").await];
     for i in 1..=5 {
         all.push(send(&g, TEAM_B, &format!("b{i}")));
         g.wait_depth("normal", i as f64).await;
@@ -579,8 +587,7 @@ async fn a_full_queue_still_takes_a_higher_class_or_a_shorter_tenant_line() {
     let m = engine("one").await;
     m.knobs.gated.store(true, Ordering::SeqCst);
     let g = gateway(&backends(&[&m], "{max: 2, timeout: 30s}"), "").await;
-    let holder = send(&g, TEAM_B, "holder");
-    assert!(wait_until(WAIT, || async { m.calls().len() == 1 }).await);
+    let holder = hold_slot(&g, &m, TEAM_B, "holder").await;
     let b1 = send(&g, BATCH, "b1");
     g.wait_depth("low", 1.0).await;
     let b2 = send(&g, BATCH, "b2");
@@ -608,8 +615,7 @@ async fn a_tenant_filling_the_queue_gives_way_to_another_tenant() {
     let m = engine("one").await;
     m.knobs.gated.store(true, Ordering::SeqCst);
     let g = gateway(&backends(&[&m], "{max: 2, timeout: 30s}"), "").await;
-    let holder = send(&g, TEAM_B, "holder");
-    assert!(wait_until(WAIT, || async { m.calls().len() == 1 }).await);
+    let holder = hold_slot(&g, &m, TEAM_B, "holder").await;
     let b1 = send(&g, TEAM_B, "b1");
     g.wait_depth("normal", 1.0).await;
     let b2 = send(&g, TEAM_B, "b2");
@@ -633,8 +639,7 @@ async fn a_model_without_a_usable_backend_gets_no_place_in_the_queue() {
         m.addr, other.addr
     );
     let g = gateway(&pool, "").await;
-    let holder = send(&g, TEAM_B, "holder");
-    assert!(wait_until(WAIT, || async { m.calls().len() == 1 }).await);
+    let holder = hold_slot(&g, &m, TEAM_B, "holder").await;
     let waiting = send(&g, TEAM_B, "waiting");
     g.wait_depth("normal", 1.0).await;
     let mut b = body("x");

@@ -168,19 +168,7 @@ async fn unreadable_metrics_fall_back_to_the_inflight_count_and_are_flagged() {
     let broken = MockOpenAi::start("broken", &[]).await;
     let fine = MockOpenAi::start("fine", &[]).await;
     set_metrics(&fine, &exposition("vllm", 0, 0));
-    let http = free_port();
-    let p = Proxy::start(&format!(
-        r#"
-listeners:
-  - {{name: http, listen: "127.0.0.1:{http}"}}
-pools:
-  llm: {{balance: least_load, load: {{engine: vllm, interval: 200ms}}, health_check: {{kind: none}}, backends: [{{address: "{}"}}, {{address: "{}"}}]}}
-routes:
-  - {{name: openai, match: {{path_prefix: /v1/}}, pool: llm, openai: true}}
-"#,
-        broken.addr, fine.addr
-    ))
-    .await;
+    let (p, http) = least_load_proxy(&broken, &fine, "200ms").await;
     let flagged = format!(
         "switchyard_backend_load_readable{{backend=\"{}\",pool=\"llm\"}}",
         broken.addr
@@ -232,19 +220,7 @@ async fn a_burst_between_two_scrapes_is_spread_by_what_was_sent_since() {
         set_metrics(m, &exposition("vllm", 0, 0));
         m.knobs.gated.store(true, Ordering::SeqCst);
     }
-    let http = free_port();
-    let p = Proxy::start(&format!(
-        r#"
-listeners:
-  - {{name: http, listen: "127.0.0.1:{http}"}}
-pools:
-  llm: {{balance: least_load, load: {{engine: vllm, interval: 1h}}, health_check: {{kind: none}}, backends: [{{address: "{}"}}, {{address: "{}"}}]}}
-routes:
-  - {{name: openai, match: {{path_prefix: /v1/}}, pool: llm, openai: true}}
-"#,
-        a.addr, b.addr
-    ))
-    .await;
+    let (p, http) = least_load_proxy(&a, &b, "1h").await;
     wait_for_waiting(&p, "llm", &a, 0.0).await;
     wait_for_waiting(&p, "llm", &b, 0.0).await;
     // Both looked idle at the one scrape there will be; eight requests arrive at once.
@@ -261,6 +237,24 @@ routes:
     for h in all {
         assert_eq!(h.await.unwrap().status(), 200);
     }
+}
+
+/// One `least_load` pool of two backends with vLLM's metrics read every `interval`.
+async fn least_load_proxy(a: &MockOpenAi, b: &MockOpenAi, interval: &str) -> (Proxy, u16) {
+    let http = free_port();
+    let p = Proxy::start(&format!(
+        r#"
+listeners:
+  - {{name: http, listen: "127.0.0.1:{http}"}}
+pools:
+  llm: {{balance: least_load, load: {{engine: vllm, interval: {interval}}}, health_check: {{kind: none}}, backends: [{{address: "{}"}}, {{address: "{}"}}]}}
+routes:
+  - {{name: openai, match: {{path_prefix: /v1/}}, pool: llm, openai: true}}
+"#,
+        a.addr, b.addr
+    ))
+    .await;
+    (p, http)
 }
 
 async fn affinity_proxy(mocks: &[&MockOpenAi], affinity: &str) -> (Proxy, u16) {

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::mock_openai::MockOpenAi;
 use common::redis_server::Redis;
 use common::{client, free_port, run_cli, wait_until, Proxy, Upstream};
 use std::time::{Duration, Instant};
@@ -21,8 +22,9 @@ struct Node {
     http: u16,
 }
 
-/// The config every node of a test runs, byte for byte.
-fn fleet_config(redis: &Redis, up: std::net::SocketAddr, on_error: &str) -> String {
+/// What every node's config starts with: its own files and ports from the environment, and
+/// the Redis store.
+fn node_head(redis: &Redis, on_error: &str) -> String {
     format!(
         r#"version: 1
 server:
@@ -38,7 +40,16 @@ store:
   redis: {{url: "{url}", timeout: 50ms, on_error: {on_error}, nodes: 3}}
 listeners:
   - {{name: http, listen: "127.0.0.1:${{HTTP_PORT}}"}}
-pools:
+"#,
+        key = common::ADMIN_KEY,
+        url = redis.url(),
+    )
+}
+
+/// The config every node of a test runs, byte for byte: 30 requests a minute per client.
+fn fleet_config(redis: &Redis, up: std::net::SocketAddr, on_error: &str) -> String {
+    format!(
+        r#"{head}pools:
   up: {{health_check: {{kind: none}}, backends: [{{address: "{up}"}}]}}
 routes:
   - name: all
@@ -46,12 +57,38 @@ routes:
     pool: up
     rate_limit: {{requests: 30, per: 1m, key: "header:x-client", shared: true}}
 "#,
-        key = common::ADMIN_KEY,
-        url = redis.url(),
+        head = node_head(redis, on_error),
+    )
+}
+
+const TEAM_A: &str = "team-a-key-0123456789abcdef";
+const TEAM_B: &str = "team-b-key-0123456789abcdef";
+
+/// An OpenAI route whose keys have 30 tokens a minute each, counted in Redis.
+fn budget_config(redis: &Redis, engine: std::net::SocketAddr) -> String {
+    format!(
+        r#"{head}pools:
+  llm: {{health_check: {{kind: none}}, backends: [{{address: "{engine}"}}]}}
+routes:
+  - name: openai
+    match: {{path_prefix: /v1/}}
+    pool: llm
+    openai: true
+    auth:
+      api_keys:
+        - {{key: "{TEAM_A}", name: team-a, tokens_per_minute: 30, shared: true}}
+        - {{key: "{TEAM_B}", name: team-b, tokens_per_minute: 30, shared: true}}
+"#,
+        head = node_head(redis, "local"),
     )
 }
 
 async fn start_node(text: &str) -> Node {
+    start_node_with(text, &[]).await
+}
+
+/// [`start_node`] with more environment for the process.
+async fn start_node_with(text: &str, env: &[(&str, String)]) -> Node {
     let mut proxy = Proxy::new();
     let http = free_port();
     let dir = proxy.dir.path().display().to_string();
@@ -60,6 +97,9 @@ async fn start_node(text: &str) -> Node {
         ("ADMIN_PORT".into(), proxy.admin.to_string()),
         ("HTTP_PORT".into(), http.to_string()),
     ];
+    proxy
+        .env
+        .extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
     proxy.write_raw(text);
     proxy.spawn().await;
     let bound = wait_until(Duration::from_secs(10), || async {
@@ -260,4 +300,105 @@ async fn fleet_compares_the_nodes_hashes() {
     let (code, out, _) = run_cli(&["fleet", &urls[0], &gone], None);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("unreachable"), "{out}");
+}
+
+/// One chat completion with `key` to `node`: status, `x-ratelimit-remaining-tokens`,
+/// `Retry-After` and how long it took. The mock engine reports 18 tokens per answer.
+async fn chat(node: &Node, key: &str) -> (u16, Option<String>, Option<String>, Duration) {
+    let started = Instant::now();
+    let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let r = client()
+        .post(format!(
+            "http://127.0.0.1:{}/v1/chat/completions",
+            node.http
+        ))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .expect("an answer");
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (remaining, retry) = (
+        header("x-ratelimit-remaining-tokens"),
+        header("retry-after"),
+    );
+    let status = r.status().as_u16();
+    let _ = r.bytes().await;
+    (status, remaining, retry, started.elapsed())
+}
+
+/// Waits until `node` has charged the key `name` in Redis (charges are sent after the
+/// answer): its `switchyard_tokens_budget_remaining` reads `left`.
+async fn charged(node: &Node, name: &str, left: f64) -> bool {
+    let metric = format!("switchyard_tokens_budget_remaining{{key=\"{name}\"}}");
+    wait_until(Duration::from_secs(10), || async {
+        node.proxy.metric(&metric).await == Some(left)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shared_token_budget_is_spent_across_the_nodes() {
+    let redis = Redis::start().await;
+    let engine = MockOpenAi::start("m", &[]).await;
+    let nodes = start_fleet(&budget_config(&redis, engine.addr)).await;
+    for n in &nodes {
+        assert!(wait_store_up(n).await, "{}", n.proxy.stderr());
+    }
+
+    // 30 tokens a minute for team-a, 18 per answer: one answer on node 0, one on node 1
+    // (which sees what node 0 used), and node 2 refuses: the key has spent 36 of 30.
+    let (status, left, _, _) = chat(&nodes[0], TEAM_A).await;
+    assert_eq!((status, left.as_deref()), (200, Some("30")));
+    assert!(charged(&nodes[0], "team-a", 12.0).await);
+    let (status, left, _, _) = chat(&nodes[1], TEAM_A).await;
+    assert_eq!((status, left.as_deref()), (200, Some("12")));
+    assert!(charged(&nodes[1], "team-a", -6.0).await);
+    let (status, left, retry, _) = chat(&nodes[2], TEAM_A).await;
+    assert_eq!(status, 429, "node 2 counted on its own");
+    assert_eq!(left.as_deref(), Some("0"));
+    let wait: u64 = retry.and_then(|r| r.parse().ok()).expect("Retry-After");
+    assert!((13..=15).contains(&wait), "retry-after {wait}");
+    assert_eq!(engine.calls().len(), 2);
+
+    // Redis slow: the answer does not wait for it; the node's own share (30 / 3 nodes)
+    // decides, and says so in the headers.
+    redis.pause(true);
+    let (status, left, _, took) = chat(&nodes[0], TEAM_B).await;
+    let up_while_paused = nodes[0].proxy.metric("switchyard_store_up").await;
+    redis.pause(false);
+    assert_eq!((status, left.as_deref()), (200, Some("10")));
+    assert!(took < DECISION_BOUND, "took {took:?}");
+    assert_eq!(up_while_paused, Some(0.0));
+
+    // Redis back: the shared level is read again (team-a is still spent on every node).
+    let back = wait_until(Duration::from_secs(15), || async {
+        chat(&nodes[1], TEAM_B).await;
+        nodes[1].proxy.metric("switchyard_store_up").await == Some(1.0)
+    })
+    .await;
+    assert!(back, "{}", nodes[1].proxy.stderr());
+    assert_eq!(chat(&nodes[1], TEAM_A).await.0, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rediss_counts_over_tls() {
+    let redis = Redis::start_tls().await;
+    assert!(redis.url().starts_with("rediss://"));
+    let up = Upstream::start("up").await;
+    // The redis client trusts the system roots; SSL_CERT_FILE names another bundle.
+    let ca = ("SSL_CERT_FILE", redis.ca_file().display().to_string());
+    let node = start_node_with(&fleet_config(&redis, up.addr, "deny"), &[ca]).await;
+    assert!(wait_store_up(&node).await, "{}", node.proxy.stderr());
+    // on_error: deny, so every 200 was counted in Redis, over TLS.
+    let answers = burst(&[&node], "frank", 35).await;
+    assert_eq!(count(&answers, 200), 30, "{answers:?}");
+    assert_eq!(count(&answers, 429), 5, "{answers:?}");
+    let errors = node.proxy.metric("switchyard_store_errors_total").await;
+    assert_eq!(errors.unwrap_or(0.0), 0.0);
 }

@@ -74,4 +74,7 @@ pub struct TokenLimitConfig {
     /// `client_ip | api_key | header:NAME`.
     #[serde(default)]
     pub key: RateLimitKey,
+    /// Counted in `store.redis`, across every node that shares it.
+    #[serde(default)]
+    pub shared: bool,
 }

@@ -190,6 +190,9 @@ pub struct ScopedKey<S: Stage = Checked> {
     /// Tokens this key may use per day (OpenAI routes).
     #[serde(default)]
     pub tokens_per_day: Option<u64>,
+    /// The key's budgets are counted in `store.redis`, across every node that shares it.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 /// What a request must have to take the route; every part given must match.

@@ -16,7 +16,8 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisStoreConfig {
-    /// `redis://[user:pass@]host:port[/db]` (`rediss://`, TLS, is not built in yet).
+    /// `redis://[user:pass@]host:port[/db]`, or `rediss://` for TLS (the server's certificate
+    /// is checked against the system's roots; `SSL_CERT_FILE` names another bundle).
     pub url: String,
     /// The longest a request waits for a shared decision; then `on_error` decides.
     #[serde(default = "default_timeout")]
@@ -79,13 +80,39 @@ mod tests {
     }
 
     #[test]
+    fn shared_token_budgets_need_a_redis_store_too() {
+        let text = |store: &str| {
+            format!(
+                "version: 1\n{store}pools: {{llm: {{backends: [{{address: \"127.0.0.1:9\"}}]}}}}\n\
+                 routes:\n  - {{name: t, pool: llm, openai: true,\n\
+                 token_limit: {{tokens: 100, per: 1m, shared: true}},\n\
+                 auth: {{api_keys: [{{key: \"team-a-key-0123456789\", tokens_per_minute: 9, shared: true}}]}}}}\n"
+            )
+        };
+        let problems = match parse(&text(""), &|_| None, None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems().into_iter().map(|p| p.located()).collect(),
+        };
+        for at in [
+            "routes[0].token_limit.shared",
+            "routes[0].auth.api_keys[0].shared",
+        ] {
+            let found = problems
+                .iter()
+                .any(|p| p.contains(at) && p.contains("store.redis"));
+            assert!(found, "{at}: {problems:?}");
+        }
+        let with_store = text("store: {redis: {url: \"rediss://127.0.0.1:6379/0\"}}\n");
+        assert!(parse(&with_store, &|_| None, None).is_ok());
+    }
+
+    #[test]
     fn the_url_and_settings_are_checked() {
         for (store, says) in [
             (
                 "store: {redis: {url: \"http://x:1\"}}\n",
-                "must start with redis://",
+                "must start with redis:// or rediss://",
             ),
-            ("store: {redis: {url: \"rediss://x:1\"}}\n", "TLS"),
             (
                 "store: {redis: {url: \"redis://x:1\", timeout: 0s}}\n",
                 "between 1ms and 10s",

@@ -33,6 +33,7 @@ pub(super) fn budgets_of(ctx: &Ctx, route: &Route, headers: &HeaderMap) -> Vec<B
                     },
                     rate: Rate { limit, per },
                     metric_key: k.name.clone(),
+                    shared: k.shared,
                 });
             }
         }
@@ -65,13 +66,15 @@ pub(super) fn budgets_of(ctx: &Ctx, route: &Route, headers: &HeaderMap) -> Vec<B
                 per: tl.per.get(),
             },
             metric_key: None,
+            shared: tl.shared,
         });
     }
     out
 }
 
-/// Checks the request's token budgets and notes their headers. `Some(429)` when one is spent.
-pub(super) fn check_tokens(
+/// Checks the request's token budgets and notes their headers. `Some(429)` when one is spent
+/// (`Some(503)` when a shared one cannot be read and `on_error: deny`).
+pub(super) async fn check_tokens(
     ctx: &mut Ctx,
     snap: &Snapshot,
     route: &Route,
@@ -81,8 +84,16 @@ pub(super) fn check_tokens(
     if budgets.is_empty() {
         return None;
     }
-    let standings = snap.budgets.check(&budgets);
+    let checked = snap.budgets.check(&budgets, snap.store.as_deref()).await;
     ctx.tokens.budgets = budgets;
+    let Ok(standings) = checked else {
+        let answer = Reply::text(
+            503,
+            "the shared token budget cannot be checked, retry later",
+        )
+        .header(http::header::RETRY_AFTER, HeaderValue::from(1u64));
+        return Some(answer);
+    };
     let tightest = standings.iter().min_by_key(|s| s.remaining)?;
     push_token_headers(&mut ctx.client.limit_headers, tightest);
     let wait = standings.iter().map(|s| s.retry_after).max()?;
@@ -162,7 +173,8 @@ pub(super) fn reserve(ctx: &mut Ctx, body: &[u8]) {
     let estimate = (body.len() as u64 / 4)
         .saturating_add(asked)
         .min(i64::MAX as u64) as i64;
-    snap.budgets.charge(&ctx.tokens.budgets, estimate);
+    snap.budgets
+        .charge(&ctx.tokens.budgets, estimate, snap.store.as_ref());
     ctx.tokens.reserved = estimate;
 }
 
@@ -185,7 +197,8 @@ pub(super) fn charge(ctx: &mut Ctx, bytes: Option<(usize, usize)>) {
         (None, Some((up, down))) => (((up + down) / 4) as i64).max(reserved),
         (None, None) => return,
     };
-    snap.budgets.charge(&ctx.tokens.budgets, total - reserved);
+    snap.budgets
+        .charge(&ctx.tokens.budgets, total - reserved, snap.store.as_ref());
     ctx.tokens.charged = true;
 }
 

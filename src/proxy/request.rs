@@ -132,7 +132,7 @@ impl Edge {
         }
         if let Some(snap) = ctx.snapshot.clone() {
             let headers = &session.req_header().headers;
-            if let Some(spent) = limits::check_tokens(ctx, &snap, route, headers) {
+            if let Some(spent) = limits::check_tokens(ctx, &snap, route, headers).await {
                 return self.reply(session, ctx, spent).await.map(Some);
             }
         }

@@ -92,13 +92,8 @@ impl Validator {
 
     /// A Redis URL the client accepts, a timeout a request can afford, a node count.
     fn redis(&mut self, r: &super::RedisStoreConfig) {
-        if r.url.starts_with("rediss://") {
-            self.err(
-                "store.redis.url",
-                "rediss:// (TLS) is not built into this version; use redis:// on a private network",
-            );
-        } else if !r.url.starts_with("redis://") {
-            self.err("store.redis.url", "must start with redis://");
+        if !r.url.starts_with("redis://") && !r.url.starts_with("rediss://") {
+            self.err("store.redis.url", "must start with redis:// or rediss://");
         } else if let Err(e) = redis::Client::open(r.url.as_str()) {
             self.err("store.redis.url", format!("not a Redis URL: {e}"));
         }

@@ -6,6 +6,8 @@ use crate::config::values::RateLimitKey;
 use crate::config::{ApiKey, AuthConfig, CorsConfig, RateLimitConfig, RouteConfig, RouteMatch};
 use std::collections::HashSet;
 
+const NEEDS_STORE: &str =
+    "a shared limit is counted in Redis: set store.redis (it is never silently local)";
 const NEEDS_OPENAI: &str =
     "token budgets count the usage that OpenAI-compatible backends report: set openai: true";
 
@@ -46,10 +48,7 @@ impl Validator {
             if let Some(rl) = &r.rate_limit {
                 self.rate_limit(&format!("{p}.rate_limit"), rl);
                 if rl.shared && c.store.redis.is_none() {
-                    self.err(
-                        format!("{p}.rate_limit.shared"),
-                        "a shared limit is counted in Redis: set store.redis (it is never silently local)",
-                    );
+                    self.err(format!("{p}.rate_limit.shared"), NEEDS_STORE);
                 }
                 if rl.key == RateLimitKey::ApiKey && r.auth.is_none() {
                     self.err(
@@ -58,7 +57,7 @@ impl Validator {
                     );
                 }
             }
-            self.token_limits(&p, r);
+            self.token_limits(&p, r, c.store.redis.is_some());
             self.models(&format!("{p}.openai"), r.openai.models());
             if r.respond.is_some() {
                 self.respond_only(&p, r);
@@ -123,10 +122,13 @@ impl Validator {
 
     /// Token budgets count the usage OpenAI-compatible backends report, so they need
     /// `openai: true`; an `api_key` count needs the route's keys.
-    fn token_limits(&mut self, p: &str, r: &RouteConfig<Lenient>) {
+    fn token_limits(&mut self, p: &str, r: &RouteConfig<Lenient>, has_store: bool) {
         let keys = r.auth.iter().flat_map(|a| a.api_keys.iter());
         for (i, k) in keys.enumerate() {
             let ApiKey::Scoped(k) = k else { continue };
+            if k.shared && !has_store {
+                self.err(format!("{p}.auth.api_keys[{i}].shared"), NEEDS_STORE);
+            }
             for (name, v) in [
                 ("tokens_per_minute", k.tokens_per_minute),
                 ("tokens_per_day", k.tokens_per_day),
@@ -141,6 +143,9 @@ impl Validator {
         }
         let Some(tl) = &r.token_limit else { return };
         let at = format!("{p}.token_limit");
+        if tl.shared && !has_store {
+            self.err(format!("{at}.shared"), NEEDS_STORE);
+        }
         if tl.tokens == 0 {
             self.err(format!("{at}.tokens"), "must be at least 1");
         }

@@ -15,6 +15,8 @@ pub struct ClientKey {
     pub priority: Option<Priority>,
     pub tokens_per_minute: Option<u64>,
     pub tokens_per_day: Option<u64>,
+    /// The budgets are counted in `store.redis`.
+    pub shared: bool,
 }
 
 impl ClientKey {
@@ -30,6 +32,7 @@ impl ClientKey {
             priority: scoped.and_then(|s| s.priority),
             tokens_per_minute: scoped.and_then(|s| s.tokens_per_minute),
             tokens_per_day: scoped.and_then(|s| s.tokens_per_day),
+            shared: scoped.is_some_and(|s| s.shared),
         }
     }
 
@@ -42,6 +45,7 @@ impl ClientKey {
             priority: None,
             tokens_per_minute: None,
             tokens_per_day: None,
+            shared: false,
         }
     }
 

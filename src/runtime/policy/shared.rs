@@ -6,10 +6,15 @@
 //! than the limit remain, and sets the key to expire with the window. No node reads and
 //! writes a counter on its own, so concurrent nodes never admit more than the limit.
 //!
+//! Token budgets with `shared: true` are token buckets kept as a hash per key (its level and
+//! when it was last taken from), refilled and taken from by one script as well; a request's
+//! budgets are all read, or all charged, in one round trip.
+//!
 //! Redis slow or gone never holds a request longer than `timeout`: the decision then follows
 //! `on_error`. The connection lives on a thread of its own and reconnects in the background
 //! (the `redis` crate's connection manager, with backoff).
 
+use super::budget::{BucketId, Rate};
 use super::rate_limit::{Limited, Limiter};
 use crate::config::{OnStoreError, RateLimitConfig, RedisStoreConfig};
 use crate::metrics;
@@ -36,6 +41,32 @@ if count < limit then
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, 0, tonumber(oldest[2]) + window - now}
+";
+
+/// KEYS the buckets; ARGV[1] the tokens to take from each (0: only read), then each bucket's
+/// limit and refill time (µs). Returns each bucket's level after, as a string (Redis would
+/// truncate a Lua number to an integer). A bucket expires once it would be full again.
+const TOKEN_BUCKETS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local take = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[2 * i])
+  local per = tonumber(ARGV[2 * i + 1])
+  local stored = redis.call('HMGET', key, 'level', 'at')
+  local level = limit
+  if stored[1] then
+    level = math.min(limit, tonumber(stored[1]) + (now - tonumber(stored[2])) * limit / per)
+  end
+  if take ~= 0 then
+    level = level - take
+    redis.call('HSET', key, 'level', string.format('%.6f', level), 'at', now)
+    redis.call('PEXPIRE', key, math.max(1, math.ceil((limit - level) * per / limit / 1000)))
+  end
+  out[i] = string.format('%.6f', level)
+end
+return out
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +98,7 @@ pub struct SharedStore {
     pub config: RedisStoreConfig,
     conn: Arc<OnceLock<ConnectionManager>>,
     script: redis::Script,
+    buckets: redis::Script,
     up: Arc<AtomicBool>,
     /// Makes each admitted request a distinct member of its key's set.
     node: u64,
@@ -86,6 +118,7 @@ impl SharedStore {
             config: config.clone(),
             conn: Arc::new(OnceLock::new()),
             script: redis::Script::new(SLIDING_WINDOW),
+            buckets: redis::Script::new(TOKEN_BUCKETS),
             up: Arc::new(AtomicBool::new(false)),
             node: fastrand::u64(..),
             seq: AtomicU64::new(0),
@@ -163,6 +196,42 @@ impl SharedStore {
     fn key(&self, route: &str, who: &[u8]) -> String {
         let who = hex::encode(Sha256::digest(who));
         format!("{}rl:{route}:{who}", self.config.prefix)
+    }
+
+    /// Takes `tokens` from each bucket (0: reads them) in Redis; their levels after, or
+    /// `None` when Redis did not answer within `timeout` (counted, and logged on a change).
+    pub async fn buckets(&self, buckets: &[(&BucketId, Rate)], tokens: i64) -> Option<Vec<f64>> {
+        let timeout = self.config.timeout.get();
+        let asked = tokio::time::timeout(timeout, self.ask_buckets(buckets, tokens)).await;
+        match asked.unwrap_or(Err(StoreError::Timeout(timeout))) {
+            Ok(levels) => {
+                self.mark(true, None);
+                Some(levels)
+            }
+            Err(e) => {
+                metrics::STORE_ERRORS.inc();
+                self.mark(false, Some(&e));
+                None
+            }
+        }
+    }
+
+    async fn ask_buckets(
+        &self,
+        buckets: &[(&BucketId, Rate)],
+        tokens: i64,
+    ) -> Result<Vec<f64>, StoreError> {
+        let mut conn = self.conn.get().cloned().ok_or(StoreError::NotConnected)?;
+        let mut call = self.buckets.prepare_invoke();
+        call.arg(tokens);
+        for (id, rate) in buckets {
+            let who = hex::encode(Sha256::digest(&id.who));
+            call.key(format!("{}tb:{}:{who}", self.config.prefix, id.budget));
+            call.arg(rate.limit.max(1));
+            call.arg(rate.per.as_micros().clamp(1, i64::MAX as u128) as i64);
+        }
+        let levels: Vec<String> = call.invoke_async(&mut conn).await?;
+        Ok(levels.iter().map(|l| l.parse().unwrap_or(0.0)).collect())
     }
 
     fn fallback(&self, route: &str, limiter: &Limiter, who: &[u8]) -> Decision {

@@ -11,7 +11,9 @@
 //! shared system prompts (1,500 bytes each; `prefix_bytes: 1600` takes in the start of a
 //! conversation's first message), TURNS turns each (default 6), all conversations at once. Each
 //! policy runs on the same workload: round_robin, least_requests, least_load, affinity,
-//! affinity + least_load.
+//! affinity + least_load. A second workload puts every conversation on one system prompt and
+//! keys on it (`prefix_bytes: 1000`): affinity without a load bound, with it, and with
+//! least_load. `... placement_load -- BIN TURNS skewed` runs only that one.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -291,78 +293,95 @@ async fn main() {
         .cloned()
         .unwrap_or_else(|| "target/release/switchyard".into());
     let turns: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(6);
-    let systems: Vec<String> = (0..4)
-        .map(|i| format!("System prompt {i}: you are an assistant for team {i}. ").repeat(30))
-        .collect();
+    let only_skewed = args.get(2).is_some_and(|a| a == "skewed");
+    let system =
+        |i: usize| format!("System prompt {i}: you are an assistant for team {i}. ").repeat(30);
     let load = "balance: least_load, load: {engine: vllm, interval: 200ms}, ";
-    let affinity = "affinity: {key: prompt_prefix, prefix_bytes: 1600}, ";
-    let policies = [
-        ("round_robin", "balance: round_robin, ".to_string()),
-        ("least_requests", "balance: least_requests, ".to_string()),
-        ("least_load", load.to_string()),
-        ("affinity", affinity.to_string()),
-        ("affinity + least_load", format!("{load}{affinity}")),
-    ];
-    println!("# placement: 4 engines × {SLOTS} slots (503 past {MAX_WAITING} waiting), 32 conversations × {turns} turns");
     println!("| policy | requests | failed | cache hits (conversation / system) | engines per conversation | TTFT p50 ms | TTFT p99 ms | completed/s |");
     println!("|---|---|---|---|---|---|---|---|");
-    for (name, placement) in policies {
-        let mut engines = Vec::new();
-        for _ in 0..4 {
-            engines.push(start_engine().await);
+    if !only_skewed {
+        println!("| **4 system prompts, 32 conversations × {turns} turns; 4 engines × {SLOTS} slots, 503 past {MAX_WAITING} waiting** |||||||");
+        let systems: Vec<String> = (0..4).map(system).collect();
+        let affinity = "affinity: {key: prompt_prefix, prefix_bytes: 1600}, ";
+        let policies = [
+            ("round_robin", "balance: round_robin, ".to_string()),
+            ("least_requests", "balance: least_requests, ".to_string()),
+            ("least_load", load.to_string()),
+            ("affinity", affinity.to_string()),
+            ("affinity + least_load", format!("{load}{affinity}")),
+        ];
+        for (name, placement) in policies {
+            run(&bin, name, &placement, &systems, turns).await;
         }
-        let addrs: Vec<SocketAddr> = engines.iter().map(|(a, _)| *a).collect();
-        let http = free_port();
-        let proxy = start_proxy(&bin, &addrs, &placement, http).await;
-        let url = format!("http://127.0.0.1:{http}/v1/chat/completions");
-        let ttfts = Arc::new(Mutex::new(Vec::new()));
-        let failed = Arc::new(AtomicUsize::new(0));
-        let started = Instant::now();
-        let all: Vec<_> = (0..32)
-            .map(|id| {
-                tokio::spawn(conversation(
-                    url.clone(),
-                    systems[id % 4].clone(),
-                    id,
-                    turns,
-                    ttfts.clone(),
-                    failed.clone(),
-                ))
-            })
-            .collect();
-        for c in all {
-            let _ = c.await;
-        }
-        let wall = started.elapsed().as_secs_f64();
-        drop(proxy);
-        let served: usize = engines
-            .iter()
-            .map(|(_, e)| e.served.load(Ordering::SeqCst))
-            .sum();
-        let conv: usize = engines
-            .iter()
-            .map(|(_, e)| e.conversation_hits.load(Ordering::SeqCst))
-            .sum();
-        let sys: usize = engines
-            .iter()
-            .map(|(_, e)| e.system_hits.load(Ordering::SeqCst))
-            .sum();
-        let pairs: usize = engines
-            .iter()
-            .map(|(_, e)| e.seen.lock().map(|s| s.len()).unwrap_or(0))
-            .sum();
-        let mut t = ttfts.lock().map(|t| t.clone()).unwrap_or_default();
-        t.sort_by(f64::total_cmp);
-        let failed = failed.load(Ordering::SeqCst);
-        println!(
-            "| {name} | {} | {failed} | {:.0} % / {:.0} % | {:.2} | {:.0} | {:.0} | {:.1} |",
-            32 * turns,
-            conv as f64 * 100.0 / served.max(1) as f64,
-            sys as f64 * 100.0 / served.max(1) as f64,
-            pairs as f64 / 32.0,
-            pct(&t, 0.5),
-            pct(&t, 0.99),
-            t.len() as f64 / wall
-        );
     }
+    // One system prompt for every conversation and a key inside it: affinity on the prompt
+    // alone sends everything to one replica unless its load is bounded.
+    println!("| **1 system prompt, key = its first 1,000 bytes, same engines and conversations** |||||||");
+    let systems = vec![system(0)];
+    let key = "affinity: {key: prompt_prefix, prefix_bytes: 1000";
+    let policies = [
+        (
+            "affinity, unbounded (max_load_factor: 1000)",
+            format!("{key}, max_load_factor: 1000}}, "),
+        ),
+        ("affinity (bounded, 1.25)", format!("{key}}}, ")),
+        (
+            "affinity + least_load (bounded, 1.25)",
+            format!("{load}{key}}}, "),
+        ),
+    ];
+    for (name, placement) in policies {
+        run(&bin, name, &placement, &systems, turns).await;
+    }
+}
+
+/// One policy on fresh engines: 32 conversations at once, conversation `i` on system prompt
+/// `i % systems.len()`; prints its row.
+async fn run(bin: &str, name: &str, placement: &str, systems: &[String], turns: usize) {
+    let mut engines = Vec::new();
+    for _ in 0..4 {
+        engines.push(start_engine().await);
+    }
+    let addrs: Vec<SocketAddr> = engines.iter().map(|(a, _)| *a).collect();
+    let http = free_port();
+    let proxy = start_proxy(bin, &addrs, placement, http).await;
+    let url = format!("http://127.0.0.1:{http}/v1/chat/completions");
+    let ttfts = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let all: Vec<_> = (0..32)
+        .map(|id| {
+            tokio::spawn(conversation(
+                url.clone(),
+                systems[id % systems.len()].clone(),
+                id,
+                turns,
+                ttfts.clone(),
+                failed.clone(),
+            ))
+        })
+        .collect();
+    for c in all {
+        let _ = c.await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    drop(proxy);
+    let sum = |f: &dyn Fn(&Engine) -> usize| engines.iter().map(|(_, e)| f(e)).sum::<usize>();
+    let served = sum(&|e| e.served.load(Ordering::SeqCst));
+    let conv = sum(&|e| e.conversation_hits.load(Ordering::SeqCst));
+    let sys = sum(&|e| e.system_hits.load(Ordering::SeqCst));
+    let pairs = sum(&|e| e.seen.lock().map(|s| s.len()).unwrap_or(0));
+    let mut t = ttfts.lock().map(|t| t.clone()).unwrap_or_default();
+    t.sort_by(f64::total_cmp);
+    let failed = failed.load(Ordering::SeqCst);
+    println!(
+        "| {name} | {} | {failed} | {:.0} % / {:.0} % | {:.2} | {:.0} | {:.0} | {:.1} |",
+        32 * turns,
+        conv as f64 * 100.0 / served.max(1) as f64,
+        sys as f64 * 100.0 / served.max(1) as f64,
+        pairs as f64 / 32.0,
+        pct(&t, 0.5),
+        pct(&t, 0.99),
+        t.len() as f64 / wall
+    );
 }

@@ -73,6 +73,9 @@ metric!(DOWNSTREAM_CONNECTIONS: IntGaugeVec = register_int_gauge_vec!(
 metric!(TLS_EXPIRY: GaugeVec = register_gauge_vec!(
     "switchyard_tls_certificate_expiry_timestamp_seconds",
     "Unix time when a listener's certificate expires.", &["listener", "name"]));
+metric!(ACME_ORDERS: IntCounterVec = register_int_counter_vec!(
+    "switchyard_acme_orders_total",
+    "Certificate orders to an ACME CA that ended, by result (ok, error).", &["result"]));
 metric!(LOG_LINES_DROPPED: IntCounter = register_int_counter!(
     "switchyard_log_lines_dropped_total",
     "Log lines (access, audit, diagnostics) dropped because stdout or stderr did not keep up."));

@@ -104,7 +104,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
             continue;
         }
         if let Some(port) = l.redirect_to_https {
-            let app = ProxyHeaderApp::new(Redirect { port }, state.clone(), &l.name);
+            let redirect = Redirect {
+                port,
+                state: state.clone(),
+            };
+            let app = ProxyHeaderApp::new(redirect, state.clone(), &l.name);
             let mut svc = Service::new(l.name.clone(), app);
             svc.add_tcp(&l.listen);
             svc.threads = Some(1);
@@ -163,6 +167,12 @@ pub fn run(opts: RunOptions) -> Result<()> {
     admin.add_tcp(&loaded.config.admin.listen);
     admin.threads = Some(1);
     server.add_service(admin).add_dependency(&bootstrap);
+    #[cfg(feature = "rustls")]
+    if let Some(acme) = acme_service(&loaded.config, &state) {
+        server
+            .add_service(background_service("acme", acme))
+            .add_dependency(&bootstrap);
+    }
     let supervisor = Supervisor {
         state,
         lifecycle: Arc::new(crate::handover::Process::current(opts.daemon)),
@@ -180,6 +190,44 @@ pub fn run(opts: RunOptions) -> Result<()> {
     // Log lines still queued would die with the process; a stalled reader gets a bounded wait.
     crate::logsink::flush(EXIT_FLUSH);
     std::process::exit(0)
+}
+
+/// One managed certificate per listener with `tls.acme`, if any has it.
+#[cfg(feature = "rustls")]
+fn acme_service(
+    c: &Config,
+    state: &Arc<crate::runtime::State>,
+) -> Option<crate::tls::acme::Service> {
+    use crate::config::AcmeChallenge;
+    let base = state.path.parent();
+    let state_dir = crate::tls::acme::state_dir(&c.server.state_dir, base);
+    let plaintext = c
+        .listeners
+        .iter()
+        .find(|l| l.protocol == Protocol::Http && l.tls.is_none());
+    let mut managed = Vec::new();
+    for l in &c.listeners {
+        let Some(acme) = l.tls.as_ref().and_then(|t| t.acme.as_ref()) else {
+            continue;
+        };
+        let Some((_, store)) = state.certs.iter().find(|(n, _)| *n == l.name) else {
+            continue;
+        };
+        let answers_on = match acme.challenge {
+            AcmeChallenge::TlsAlpn01 => &l.listen,
+            AcmeChallenge::Http01 => plaintext.map_or(&l.listen, |p| &p.listen),
+        };
+        managed.push(crate::tls::acme::Managed::new(
+            &l.name,
+            answers_on,
+            acme,
+            &state_dir,
+            base,
+            store.clone(),
+            state.acme.clone(),
+        ));
+    }
+    (!managed.is_empty()).then_some(crate::tls::acme::Service { managed })
 }
 
 fn certificate_stores(c: &Config, path: &std::path::Path) -> Result<Vec<(String, Arc<CertStore>)>> {

@@ -7,6 +7,7 @@
 
 #[macro_use]
 mod stage;
+mod acme;
 mod address;
 mod admission;
 pub mod diff;
@@ -24,6 +25,7 @@ pub mod units;
 mod validate;
 pub mod values;
 
+pub use acme::*;
 pub use address::{split_host_port, HostPort};
 pub use admission::*;
 pub use edge::*;

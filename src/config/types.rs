@@ -79,6 +79,9 @@ pub struct ServerSettings {
     /// journald and log shippers. `--log-format` wins over it.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Where ACME account keys and certificates are kept (files 0600), across restarts.
+    #[serde(default = "d::state_dir")]
+    pub state_dir: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default, JsonSchema)]
@@ -100,6 +103,7 @@ impl Default for ServerSettings {
             upstream_keepalive_pool_size: d::keepalive_pool(),
             work_stealing: false,
             log_format: LogFormat::Text,
+            state_dir: d::state_dir(),
         }
     }
 }
@@ -211,6 +215,9 @@ pub struct ListenerTls {
     /// The lowest TLS version accepted ("1.2"; "1.3" is not supported yet).
     #[serde(default)]
     pub min_version: TlsVersion,
+    /// A certificate from an ACME CA (Let's Encrypt), issued and renewed by the proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<super::AcmeConfig>,
 }
 
 /// A PEM certificate chain and its key; relative names are taken from the config file's folder.
@@ -446,6 +453,9 @@ pub(in crate::config) mod d {
 
     pub(in crate::config) fn yes() -> bool {
         true
+    }
+    pub(in crate::config) fn state_dir() -> String {
+        "/var/lib/switchyard".into()
     }
     pub(in crate::config) fn threads() -> usize {
         2

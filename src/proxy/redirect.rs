@@ -7,12 +7,22 @@ use pingora::protocols::http::ServerSession;
 
 pub struct Redirect {
     pub port: u16,
+    /// ACME http-01 challenges are answered here, not redirected.
+    pub state: std::sync::Arc<crate::runtime::State>,
 }
 
 #[async_trait]
 impl ServeHttp for Redirect {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let req = session.req_header();
+        if let Some(answer) = self.state.acme_http01(req.uri.path()) {
+            return http::Response::builder()
+                .status(200)
+                .header("content-type", "application/octet-stream")
+                .header("content-length", answer.len().to_string())
+                .body(answer.into_bytes())
+                .unwrap_or_default();
+        }
         let raw_host = req
             .headers
             .get(http::header::HOST)

@@ -41,6 +41,14 @@ impl Edge {
                 .reply(session, ctx, Reply::new(400, msg).closing())
                 .await;
         }
+        // Before the ACL: the CA's validators come from wherever they like.
+        if !self.listener.tls {
+            if let Some(answer) = self.state.acme_http01(session.req_header().uri.path()) {
+                return self
+                    .reply(session, ctx, Reply::new(200, Bytes::from(answer)))
+                    .await;
+            }
+        }
         if !acl::permits(ctx.client.ip, &snap.edge.allow, &snap.edge.deny) {
             return self
                 .reply(session, ctx, Reply::text(403, "forbidden"))

@@ -134,6 +134,9 @@ pub struct State {
     started: Started,
     pub last_reload: Mutex<ReloadStatus>,
     reloading: tokio::sync::Mutex<()>,
+    /// The answers ACME CAs are waiting for, given by the listeners.
+    #[cfg(feature = "rustls")]
+    pub acme: Arc<crate::tls::acme::Challenges>,
 }
 
 impl State {
@@ -159,7 +162,17 @@ impl State {
                 restart_required: false,
             }),
             reloading: tokio::sync::Mutex::new(()),
+            #[cfg(feature = "rustls")]
+            acme: Arc::default(),
         }
+    }
+
+    /// The key authorization for an http-01 challenge at `path`, if one is pending.
+    pub fn acme_http01(&self, path: &str) -> Option<String> {
+        #[cfg(feature = "rustls")]
+        return self.acme.http01(path);
+        #[cfg(not(feature = "rustls"))]
+        return None;
     }
 
     /// The snapshot new requests use.
@@ -312,6 +325,7 @@ impl State {
                 l.name.clone(),
                 l.listen.clone(),
                 l.tls.is_some(),
+                l.tls.as_ref().and_then(|t| t.acme.clone()),
                 l.redirect_to_https,
             )
         };

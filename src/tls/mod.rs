@@ -13,8 +13,12 @@ mod backend;
 
 pub use backend::{listener_settings, load_pair, CertStore, Entry};
 
+#[cfg(feature = "rustls")]
+pub mod acme;
+
 use crate::config::{Config, ListenerTls, Problem, Stage};
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -50,6 +54,11 @@ pub struct Store<E> {
     entries: ArcSwap<Vec<E>>,
     /// Self-signed certificates are made once at start and survive reloads.
     generated: Vec<E>,
+    /// The last certificate an ACME CA issued; it survives reloads and comes first, so that
+    /// it answers for its names before any file certificate.
+    acquired: ArcSwapOption<E>,
+    /// The file certificates of the last good reload.
+    files: Mutex<Vec<E>>,
 }
 
 impl<E> std::fmt::Debug for Store<E> {
@@ -62,15 +71,19 @@ impl<E> std::fmt::Debug for Store<E> {
 
 impl<E: Certificate> Store<E> {
     pub fn new(listener: &str, tls: &ListenerTls, base: Option<&Path>) -> Result<Self, TlsError> {
-        let generated = if tls.self_signed.is_empty() {
-            Vec::new()
-        } else {
-            vec![E::self_signed(&tls.self_signed)?]
+        let acme_only = tls.certificates.is_empty() && tls.self_signed.is_empty();
+        let generated = match &tls.acme {
+            _ if !tls.self_signed.is_empty() => vec![E::self_signed(&tls.self_signed)?],
+            // Something to answer with until the CA has issued.
+            Some(acme) if acme_only => vec![E::self_signed(&acme.domains)?],
+            _ => Vec::new(),
         };
         let store = Store {
             listener: listener.to_string(),
             entries: ArcSwap::from_pointee(Vec::new()),
             generated,
+            acquired: ArcSwapOption::empty(),
+            files: Mutex::new(Vec::new()),
         };
         store.reload(tls, base)?;
         Ok(store)
@@ -82,20 +95,42 @@ impl<E: Certificate> Store<E> {
 
     /// Re-reads every certificate file; on any error the current certificates stay.
     pub fn reload(&self, tls: &ListenerTls, base: Option<&Path>) -> Result<(), TlsError> {
-        let mut entries = Vec::with_capacity(tls.certificates.len() + self.generated.len());
+        let mut files = Vec::with_capacity(tls.certificates.len());
         for pair in &tls.certificates {
             let (cert, key) = match base {
                 Some(b) => (b.join(&pair.cert), b.join(&pair.key)),
                 None => (pair.cert.clone().into(), pair.key.clone().into()),
             };
-            entries.push(E::load(&cert, &key)?);
+            files.push(E::load(&cert, &key)?);
         }
-        entries.extend(self.generated.iter().cloned());
-        for e in &entries {
+        let mut kept = self.files.lock();
+        *kept = files;
+        self.publish(&kept);
+        Ok(())
+    }
+
+    /// Serves `issued` from the next handshake on; open connections keep theirs.
+    pub fn install(&self, issued: E) {
+        let files = self.files.lock();
+        self.acquired.store(Some(Arc::new(issued)));
+        self.publish(&files);
+    }
+
+    /// The ACME certificate, then the files', then the generated ones; `files` is held
+    /// locked by the caller so that a reload and an installation never interleave.
+    fn publish(&self, files: &[E]) {
+        let acquired = self.acquired.load_full();
+        let entries: Vec<E> = acquired
+            .iter()
+            .map(|a| E::clone(a))
+            .chain(files.iter().cloned())
+            .chain(self.generated.iter().cloned())
+            .collect();
+        // Reversed: where two answer for a name, the one served (first) sets its expiry.
+        for e in entries.iter().rev() {
             crate::metrics::observe_certificate(&self.listener, e.names(), e.not_after());
         }
         self.entries.store(Arc::new(entries));
-        Ok(())
     }
 
     pub fn entries(&self) -> Arc<Vec<E>> {

@@ -36,17 +36,23 @@ pub(super) fn provider() -> Arc<CryptoProvider> {
 
 /// Loads a PEM certificate chain and its private key, and checks that they match.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<Entry, TlsError> {
-    let cert_name = cert.display().to_string();
-    let key_name = key.display().to_string();
     let read = |p: &Path| {
         std::fs::read(p).map_err(|source| TlsError::Read {
             path: p.display().to_string(),
             source,
         })
     };
-    let cert_pem = read(cert)?;
-    let key_pem = read(key)?;
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    let names = (cert.display().to_string(), key.display().to_string());
+    pair_from_pem(&read(cert)?, &read(key)?, names)
+}
+
+/// A PEM chain and key that must match; `names` say where they came from, for errors.
+pub(crate) fn pair_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    (cert_name, key_name): (String, String),
+) -> Result<Entry, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Pem {
             path: cert_name.clone(),
@@ -58,7 +64,7 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Entry, TlsError> {
             what: "no PEM certificate found".into(),
         });
     }
-    let private: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+    let private: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
         .map_err(|e| TlsError::Pem {
             path: key_name.clone(),
             what: e.to_string(),
@@ -90,8 +96,13 @@ fn entry(
 /// A certificate for `names`, made now and kept only in memory (for local trials).
 pub(super) fn self_signed(names: &[String]) -> Result<Entry, TlsError> {
     let (cert, key) = super::self_signed_der(names)?;
-    let key = PrivateKeyDer::try_from(key).map_err(|e| TlsError::SelfSigned(e.to_string()))?;
-    entry(vec![CertificateDer::from(cert)], key).map_err(TlsError::SelfSigned)
+    entry_from_der(cert, key).map_err(TlsError::SelfSigned)
+}
+
+/// One certificate (DER) and its PKCS#8 key (DER).
+pub(super) fn entry_from_der(cert: Vec<u8>, key: Vec<u8>) -> Result<Entry, String> {
+    let key = PrivateKeyDer::try_from(key).map_err(|e| e.to_string())?;
+    entry(vec![CertificateDer::from(cert)], key)
 }
 
 impl super::Certificate for Entry {

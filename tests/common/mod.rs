@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod mock_openai;
+pub mod pebble;
 pub mod redis_server;
 pub mod upstream;
 

@@ -4,6 +4,7 @@ use super::stage::{Lenient, Parsed, Text};
 use super::types::*;
 use super::values::{Cidr, HashOn};
 use super::Problem;
+use super::{is_acme_domain, AcmeChallenge, AcmeConfig};
 use super::{EdgeConfig, QueueConfig, Secret, TlsVersion};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -203,7 +204,54 @@ impl Validator {
             }
             if let Some(tls) = &l.tls {
                 self.listener_tls(&format!("{p}.tls"), tls);
+                if let Some(acme) = &tls.acme {
+                    self.acme(&format!("{p}.tls.acme"), acme, &c.listeners);
+                }
             }
+        }
+    }
+
+    /// What a CA needs to issue: DNS names, an https directory, and for http-01 a plaintext
+    /// listener to answer on.
+    fn acme(&mut self, p: &str, acme: &AcmeConfig, listeners: &[ListenerSettings]) {
+        if cfg!(not(feature = "rustls")) {
+            self.err(p, "ACME needs the rustls build (the default features)");
+        }
+        if acme.domains.is_empty() {
+            self.err(
+                format!("{p}.domains"),
+                "list the names the certificate is for",
+            );
+        }
+        for (i, d) in acme.domains.iter().enumerate() {
+            if !is_acme_domain(d) {
+                self.err(
+                    format!("{p}.domains[{i}]"),
+                    format!("{d:?} is not a lowercase DNS name (no wildcards or IP addresses)"),
+                );
+            }
+        }
+        if !acme.directory.starts_with("https://") {
+            self.err(format!("{p}.directory"), "must be an https:// URL");
+        }
+        if acme
+            .email
+            .as_deref()
+            .is_some_and(|e| !e.contains('@') || e.contains(char::is_whitespace))
+        {
+            self.err(format!("{p}.email"), "must be an email address");
+        }
+        if acme.renew_before.is_some_and(|r| r.get().is_zero()) {
+            self.err(format!("{p}.renew_before"), "must be more than 0");
+        }
+        let plaintext = listeners
+            .iter()
+            .any(|l| l.protocol == Protocol::Http && l.tls.is_none());
+        if acme.challenge == AcmeChallenge::Http01 && !plaintext {
+            self.err(
+                format!("{p}.challenge"),
+                "http-01 is answered on a plaintext HTTP listener (port 80 for a public CA); add one (redirect_to_https is fine) or use tls-alpn-01",
+            );
         }
     }
 
@@ -234,10 +282,10 @@ impl Validator {
                 "\"1.3\" is not supported yet; TLS 1.2 and 1.3 are served",
             );
         }
-        if tls.certificates.is_empty() && tls.self_signed.is_empty() {
+        if tls.certificates.is_empty() && tls.self_signed.is_empty() && tls.acme.is_none() {
             self.err(
                 p,
-                "give certificates: [{cert, key}] or self_signed: [names]",
+                "give certificates: [{cert, key}], self_signed: [names] or acme: {domains}",
             );
         }
         for (i, name) in tls.self_signed.iter().enumerate() {

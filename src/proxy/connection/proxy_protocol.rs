@@ -36,7 +36,19 @@ impl PreTlsProcess for PreTlsHeader {
     async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
         read(&self.state, &self.listener, stream)
             .await
-            .map_err(|why| Error::explain(ErrorType::Custom("PROXY protocol"), why.to_string()))
+            .map_err(|why| Error::explain(ErrorType::Custom("PROXY protocol"), why.to_string()))?;
+        #[cfg(feature = "rustls")]
+        if self.state.acme.tls_alpn01_pending() {
+            let wait = self.state.snapshot().edge.header_timeout;
+            let answered = crate::tls::acme::alpn::answer(stream, &self.state.acme, wait).await;
+            let done = |why: String| Error::explain(ErrorType::Custom("ACME tls-alpn-01"), why);
+            match answered {
+                Ok(false) => {}
+                Ok(true) => return Err(done("answered the CA's validator".into())),
+                Err(e) => return Err(done(e.to_string())),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -11,8 +11,10 @@
 //! budgets are all read, or all charged, in one round trip.
 //!
 //! Redis slow or gone never holds a request longer than `timeout`: the decision then follows
-//! `on_error`. The connection lives on a thread of its own and reconnects in the background
-//! (the `redis` crate's connection manager, with backoff).
+//! `on_error`. Each worker thread opens a connection of its own on its first decision, so
+//! that a round trip never wakes another thread; until it is up the thread borrows the
+//! store's first connection, which lives on a thread of its own. Every connection reconnects
+//! in the background (the `redis` crate's connection manager, with backoff).
 
 use super::budget::{BucketId, Rate};
 use super::rate_limit::{Limited, Limiter};
@@ -21,8 +23,9 @@ use crate::metrics;
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha2::{Digest, Sha256};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 /// KEYS[1] the key; ARGV limit, window (µs), a unique member. Returns
@@ -94,9 +97,20 @@ pub enum Refused {
     Unavailable,
 }
 
+type Slot = Arc<OnceLock<ConnectionManager>>;
+
+thread_local! {
+    /// This thread's own connection to each live store (see the module's comment).
+    static OWN: RefCell<Vec<(Weak<()>, Slot)>> = const { RefCell::new(Vec::new()) };
+}
+
 pub struct SharedStore {
     pub config: RedisStoreConfig,
-    conn: Arc<OnceLock<ConnectionManager>>,
+    client: redis::Client,
+    /// The first connection, driven by the store's own thread.
+    conn: Slot,
+    /// Held while the store lives; the threads' connections end once it is gone.
+    alive: Arc<()>,
     script: redis::Script,
     buckets: redis::Script,
     up: Arc<AtomicBool>,
@@ -116,7 +130,9 @@ impl SharedStore {
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let store = Arc::new(SharedStore {
             config: config.clone(),
+            client: client.clone(),
             conn: Arc::new(OnceLock::new()),
+            alive: Arc::new(()),
             script: redis::Script::new(SLIDING_WINDOW),
             buckets: redis::Script::new(TOKEN_BUCKETS),
             up: Arc::new(AtomicBool::new(false)),
@@ -163,7 +179,6 @@ impl SharedStore {
         limiter: &Limiter,
         who: &[u8],
     ) -> Result<Decision, StoreError> {
-        let mut conn = self.conn.get().cloned().ok_or(StoreError::NotConnected)?;
         let allowed = limiter.allowed.max(1);
         let window = limiter.config.per.get().as_micros().min(i64::MAX as u128) as i64;
         let member = format!(
@@ -171,14 +186,9 @@ impl SharedStore {
             self.node,
             self.seq.fetch_add(1, Ordering::Relaxed)
         );
-        let (admitted, remaining, wait): (i64, i64, i64) = self
-            .script
-            .key(self.key(route, who))
-            .arg(allowed as i64)
-            .arg(window)
-            .arg(member)
-            .invoke_async(&mut conn)
-            .await?;
+        let mut call = self.script.key(self.key(route, who));
+        call.arg(allowed as i64).arg(window).arg(member);
+        let (admitted, remaining, wait): (i64, i64, i64) = self.invoke(&call).await?;
         let result = if admitted == 1 {
             Ok(remaining.max(0) as u64)
         } else {
@@ -190,6 +200,65 @@ impl SharedStore {
             allowed: limiter.allowed,
             result,
         })
+    }
+
+    /// Runs `call`, once more if the connection had broken (Redis restarted, say): the
+    /// connection manager reconnects on the failure, and one decision per thread would
+    /// otherwise fall to `on_error` although Redis is back.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        call: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.connection()?;
+        match call.invoke_async(&mut conn).await {
+            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                Ok(call.invoke_async(&mut conn).await?)
+            }
+            answer => Ok(answer?),
+        }
+    }
+
+    /// This thread's own connection once it is up, the store's first one until then.
+    fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let own = OWN.with_borrow_mut(|own| {
+            own.retain(|(store, _)| store.strong_count() > 0);
+            let mine = own
+                .iter()
+                .find(|(store, _)| store.as_ptr() == Arc::as_ptr(&self.alive));
+            match mine {
+                Some((_, slot)) => slot.get().cloned(),
+                None => {
+                    let slot = Slot::default();
+                    own.push((Arc::downgrade(&self.alive), slot.clone()));
+                    self.connect_here(slot);
+                    None
+                }
+            }
+        });
+        own.or_else(|| self.conn.get().cloned())
+            .ok_or(StoreError::NotConnected)
+    }
+
+    /// Opens this thread's connection on its own runtime, retrying while the store lives.
+    fn connect_here(&self, slot: Slot) {
+        let Ok(here) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (client, alive) = (self.client.clone(), Arc::downgrade(&self.alive));
+        let config = manager_config(self.config.timeout.get());
+        here.spawn(async move {
+            let mut delay = Duration::from_millis(50);
+            while alive.strong_count() > 0 {
+                if let Ok(c) =
+                    ConnectionManager::new_with_config(client.clone(), config.clone()).await
+                {
+                    let _ = slot.set(c);
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        });
     }
 
     /// `prefix` `rl:` route `:` sha256(who): bounded, whatever the client sent.
@@ -221,7 +290,6 @@ impl SharedStore {
         buckets: &[(&BucketId, Rate)],
         tokens: i64,
     ) -> Result<Vec<f64>, StoreError> {
-        let mut conn = self.conn.get().cloned().ok_or(StoreError::NotConnected)?;
         let mut call = self.buckets.prepare_invoke();
         call.arg(tokens);
         for (id, rate) in buckets {
@@ -230,7 +298,7 @@ impl SharedStore {
             call.arg(rate.limit.max(1));
             call.arg(rate.per.as_micros().clamp(1, i64::MAX as u128) as i64);
         }
-        let levels: Vec<String> = call.invoke_async(&mut conn).await?;
+        let levels: Vec<String> = self.invoke(&call).await?;
         Ok(levels.iter().map(|l| l.parse().unwrap_or(0.0)).collect())
     }
 
@@ -283,6 +351,15 @@ fn mark(state: &AtomicBool, up: bool, why: Option<&StoreError>) {
     }
 }
 
+fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        // Backstops only: every decision has its own `timeout`.
+        .set_connection_timeout(timeout.max(Duration::from_secs(1)))
+        .set_response_timeout(timeout.max(Duration::from_secs(1)))
+        .set_number_of_retries(0)
+        .set_max_delay(2000)
+}
+
 /// Connects with backoff, then keeps the runtime that drives the connection alive until the
 /// store is dropped. The connection manager reconnects on its own after that.
 fn connect_thread(
@@ -307,13 +384,7 @@ fn connect_thread(
             let mut delay = Duration::from_millis(50);
             let mut first = true;
             loop {
-                let config = ConnectionManagerConfig::new()
-                    // Backstops only: every decision has its own `timeout`.
-                    .set_connection_timeout(timeout.max(Duration::from_secs(1)))
-                    .set_response_timeout(timeout.max(Duration::from_secs(1)))
-                    .set_number_of_retries(0)
-                    .set_max_delay(2000);
-                match ConnectionManager::new_with_config(client.clone(), config).await {
+                match ConnectionManager::new_with_config(client.clone(), manager_config(timeout)).await {
                     Ok(c) => {
                         let _ = conn.set(c);
                         mark(&up, true, None);

@@ -168,7 +168,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     admin.threads = Some(1);
     server.add_service(admin).add_dependency(&bootstrap);
     #[cfg(feature = "rustls")]
-    if let Some(acme) = acme_service(&loaded.config, &state) {
+    if let Some(acme) = acme_service(&loaded.config, &state)? {
         server
             .add_service(background_service("acme", acme))
             .add_dependency(&bootstrap);
@@ -197,7 +197,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
 fn acme_service(
     c: &Config,
     state: &Arc<crate::runtime::State>,
-) -> Option<crate::tls::acme::Service> {
+) -> Result<Option<crate::tls::acme::Service>> {
     use crate::config::AcmeChallenge;
     let base = state.path.parent();
     let state_dir = crate::tls::acme::state_dir(&c.server.state_dir, base);
@@ -217,7 +217,7 @@ fn acme_service(
             AcmeChallenge::TlsAlpn01 => &l.listen,
             AcmeChallenge::Http01 => plaintext.map_or(&l.listen, |p| &p.listen),
         };
-        managed.push(crate::tls::acme::Managed::new(
+        let one = crate::tls::acme::Managed::new(
             &l.name,
             answers_on,
             acme,
@@ -225,9 +225,17 @@ fn acme_service(
             base,
             store.clone(),
             state.acme.clone(),
-        ));
+        )
+        .with_context(|| {
+            format!(
+                "listener {}: tls.acme keeps its account and certificates in server.state_dir {}, which cannot be written",
+                l.name,
+                state_dir.display()
+            )
+        })?;
+        managed.push(one);
     }
-    (!managed.is_empty()).then_some(crate::tls::acme::Service { managed })
+    Ok((!managed.is_empty()).then_some(crate::tls::acme::Service { managed }))
 }
 
 fn certificate_stores(c: &Config, path: &std::path::Path) -> Result<Vec<(String, Arc<CertStore>)>> {

@@ -243,3 +243,30 @@ async fn http_01_is_answered_by_a_listener_that_redirects_everything_else() {
         .unwrap();
     assert_eq!(r.status(), 308, "only pending tokens are answered");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_dir_that_cannot_be_written_stops_the_start_with_the_reason() {
+    let up = Upstream::start("up").await;
+    let port = free_port();
+    let pebble = Pebble::start(free_port(), port).await;
+    let p = Proxy::new();
+    let blocker = p.dir.path().join("not-a-folder");
+    std::fs::write(&blocker, "").unwrap();
+    write_config(
+        &p,
+        &blocker.join("state"),
+        &https_listener(port, &pebble, &up, ""),
+    );
+    let mut child = p.spawn_process("refused", &[]);
+    let exited = wait_until(Duration::from_secs(20), || {
+        let done = matches!(child.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    assert!(exited, "the process kept running");
+    let err = std::fs::read_to_string(p.dir.path().join("refusedstderr.log")).unwrap();
+    assert!(
+        err.contains("server.state_dir") && err.contains("cannot be written"),
+        "{err}"
+    );
+}

@@ -118,6 +118,22 @@ mod tests {
                 "{acme}: {found:?}"
             );
         }
+        let twice = format!(
+            "{}{}",
+            tls("{domains: [a.test]}"),
+            tls("{domains: [b.test, a.test]}").replace(
+                "name: s, listen: \"127.0.0.1:8443\"",
+                "name: t, listen: \"127.0.0.1:8444\""
+            )
+        );
+        assert!(
+            problems(&twice)
+                .iter()
+                .any(|p| p.contains("listeners[1].tls.acme.domains[1]")
+                    && p.contains("more than one listener")),
+            "{:?}",
+            problems(&twice)
+        );
         let plain = "  - {name: p, listen: \"127.0.0.1:8080\", redirect_to_https: 8443}\n";
         let http01 = format!("{plain}{}", tls("{domains: [a.test], challenge: http-01}"));
         assert_eq!(problems(&http01), Vec::<String>::new());

@@ -78,13 +78,14 @@ pub fn least_loaded<T>(candidates: Vec<Candidate<T>>) -> Option<T> {
 
 /// Consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam): the key's
 /// backend on the ring unless its load would pass `factor` × the average (counting this
-/// request), then the next one on the ring that is within the bound — or, with
-/// `least_load_breaks`, the least loaded of those within it.
+/// request), then the next one on the ring that is within the bound, and only when none is,
+/// the least loaded. The next one on the ring, not the least loaded within the bound: a
+/// key pushed off its replica then always goes to the same second one, whose cache warms
+/// for it (choosing by load sent each such request somewhere cold, which was the TTFT tail).
 pub fn bounded<T>(
     ring: &Ring,
     hash: u64,
     factor: f64,
-    least_load_breaks: bool,
     mut candidates: Vec<Candidate<T>>,
 ) -> Option<T> {
     if candidates.is_empty() {
@@ -92,20 +93,13 @@ pub fn bounded<T>(
     }
     let total: f64 = candidates.iter().map(|c| c.load).sum();
     let bound = (factor * (total + 1.0) / candidates.len() as f64).ceil();
-    let within = |c: &Candidate<T>| c.load + 1.0 <= bound;
-    let mut first_on_ring = true;
     for addr in ring.walk(hash) {
         let Some(i) = candidates.iter().position(|c| c.addr == addr) else {
             continue;
         };
-        if within(&candidates[i]) {
+        if candidates[i].load + 1.0 <= bound {
             return Some(candidates.swap_remove(i).item);
         }
-        if first_on_ring && least_load_breaks {
-            candidates.retain(within);
-            return least_loaded(candidates);
-        }
-        first_on_ring = false;
     }
     least_loaded(candidates)
 }
@@ -158,15 +152,32 @@ mod tests {
                 })
                 .collect()
         };
-        assert_eq!(
-            bounded(&ring, hash, 1.25, false, with_loads(0.0)),
-            Some(preferred)
-        );
-        let moved = bounded(&ring, hash, 1.25, false, with_loads(4.0)).expect("a backend");
+        assert_eq!(bounded(&ring, hash, 1.25, with_loads(0.0)), Some(preferred));
+        let moved = bounded(&ring, hash, 1.25, with_loads(4.0)).expect("a backend");
         assert_ne!(moved, preferred);
-        assert_eq!(
-            bounded(&ring, hash, 1.25, false, with_loads(0.0)),
-            Some(preferred)
-        );
+        assert_eq!(bounded(&ring, hash, 1.25, with_loads(0.0)), Some(preferred));
+    }
+
+    #[test]
+    fn a_key_pushed_off_its_backend_goes_to_the_next_on_the_ring_not_the_idlest() {
+        let list = addrs(4);
+        let ring = Ring::new(list.iter().map(|a| (*a, 1)));
+        let hash = key_hash(b"conversation-2");
+        let order: Vec<SocketAddr> = ring.walk(hash).collect();
+        // The owner is hot, the next on the ring busy but within the bound, the rest idle.
+        let load = |a: &SocketAddr| match order.iter().position(|o| o == a) {
+            Some(0) => 6.0,
+            Some(1) => 2.0,
+            _ => 0.0,
+        };
+        let candidates = list
+            .iter()
+            .map(|a| Candidate {
+                addr: *a,
+                load: load(a),
+                item: *a,
+            })
+            .collect();
+        assert_eq!(bounded(&ring, hash, 1.25, candidates), Some(order[1]));
     }
 }

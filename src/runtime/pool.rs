@@ -253,18 +253,11 @@ impl Pool {
         };
         let ok = |m: &Member| usable(m) && m.has_room();
         let chosen = match (&self.config.affinity, self.config.balance) {
-            (Some(affinity), balance) if !key.is_empty() => {
+            (Some(affinity), _) if !key.is_empty() => {
                 let candidates = self.candidates(&members, ok);
                 let ring = self.lb.ring.load();
-                let least_load = balance == Balance::LeastLoad;
                 let hash = placement::key_hash(key);
-                placement::bounded(
-                    &ring,
-                    hash,
-                    affinity.max_load_factor,
-                    least_load,
-                    candidates,
-                )
+                placement::bounded(&ring, hash, affinity.max_load_factor, candidates)
             }
             (_, Balance::LeastLoad) => placement::least_loaded(self.candidates(&members, ok)),
             (_, Balance::LeastRequests) => self.least_requests(&members, ok),

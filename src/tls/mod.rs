@@ -59,6 +59,9 @@ pub struct Store<E> {
     acquired: ArcSwapOption<E>,
     /// The file certificates of the last good reload.
     files: Mutex<Vec<E>>,
+    /// `generated` is only a stand-in until an ACME CA issues (no other certificate): its
+    /// expiry is reported as 0, so that an expiry alert fires while nothing valid serves.
+    placeholder: bool,
 }
 
 impl<E> std::fmt::Debug for Store<E> {
@@ -84,6 +87,7 @@ impl<E: Certificate> Store<E> {
             generated,
             acquired: ArcSwapOption::empty(),
             files: Mutex::new(Vec::new()),
+            placeholder: tls.acme.is_some() && acme_only,
         };
         store.reload(tls, base)?;
         Ok(store)
@@ -119,7 +123,11 @@ impl<E: Certificate> Store<E> {
     /// The ACME certificate, then the files', then the generated ones; `files` is held
     /// locked by the caller so that a reload and an installation never interleave.
     fn publish(&self, files: &[E]) {
-        let acquired = self.acquired.load_full();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        // An expired ACME certificate does not shadow a file certificate for its names.
+        let acquired = self.acquired.load_full().filter(|a| a.not_after() > now);
         let entries: Vec<E> = acquired
             .iter()
             .map(|a| E::clone(a))
@@ -127,8 +135,10 @@ impl<E: Certificate> Store<E> {
             .chain(self.generated.iter().cloned())
             .collect();
         // Reversed: where two answer for a name, the one served (first) sets its expiry.
-        for e in entries.iter().rev() {
-            crate::metrics::observe_certificate(&self.listener, e.names(), e.not_after());
+        for (i, e) in entries.iter().enumerate().rev() {
+            let stand_in = self.placeholder && i + self.generated.len() >= entries.len();
+            let not_after = if stand_in { 0 } else { e.not_after() };
+            crate::metrics::observe_certificate(&self.listener, e.names(), not_after);
         }
         self.entries.store(Arc::new(entries));
     }

@@ -224,6 +224,17 @@ impl Validator {
             );
         }
         for (i, d) in acme.domains.iter().enumerate() {
+            let holders = listeners
+                .iter()
+                .filter_map(|l| l.tls.as_ref()?.acme.as_ref())
+                .filter(|a| a.domains.contains(d))
+                .count();
+            if holders > 1 {
+                self.err(
+                    format!("{p}.domains[{i}]"),
+                    format!("{d:?} is in the acme domains of more than one listener; give each name to one listener"),
+                );
+            }
             if !is_acme_domain(d) {
                 self.err(
                     format!("{p}.domains[{i}]"),

@@ -20,6 +20,7 @@ use super::budget::{BucketId, Rate};
 use super::rate_limit::{Limited, Limiter};
 use crate::config::{OnStoreError, RateLimitConfig, RedisStoreConfig};
 use crate::metrics;
+use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha2::{Digest, Sha256};
@@ -29,7 +30,8 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 /// KEYS[1] the key; ARGV limit, window (µs), a unique member. Returns
-/// `{admitted, remaining, wait_µs}`.
+/// `{admitted, remaining, wait_µs}`. Run twice with one member (a retry after a lost
+/// answer), it admits once.
 const SLIDING_WINDOW: &str = r"
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
@@ -37,6 +39,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local count = redis.call('ZCARD', KEYS[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  return {1, math.max(0, limit - count), 0}
+end
 if count < limit then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
@@ -97,7 +102,7 @@ pub enum Refused {
     Unavailable,
 }
 
-type Slot = Arc<OnceLock<ConnectionManager>>;
+type Slot = Arc<ArcSwapOption<ConnectionManager>>;
 
 thread_local! {
     /// This thread's own connection to each live store (see the module's comment).
@@ -108,7 +113,7 @@ pub struct SharedStore {
     pub config: RedisStoreConfig,
     client: redis::Client,
     /// The first connection, driven by the store's own thread.
-    conn: Slot,
+    conn: Arc<OnceLock<ConnectionManager>>,
     /// Held while the store lives; the threads' connections end once it is gone.
     alive: Arc<()>,
     script: redis::Script,
@@ -188,7 +193,7 @@ impl SharedStore {
         );
         let mut call = self.script.key(self.key(route, who));
         call.arg(allowed as i64).arg(window).arg(member);
-        let (admitted, remaining, wait): (i64, i64, i64) = self.invoke(&call).await?;
+        let (admitted, remaining, wait): (i64, i64, i64) = self.invoke(&call, true).await?;
         let result = if admitted == 1 {
             Ok(remaining.max(0) as u64)
         } else {
@@ -202,16 +207,17 @@ impl SharedStore {
         })
     }
 
-    /// Runs `call`, once more if the connection had broken (Redis restarted, say): the
-    /// connection manager reconnects on the failure, and one decision per thread would
-    /// otherwise fall to `on_error` although Redis is back.
+    /// Runs `call`; a call safe to repeat runs once more if the connection had broken
+    /// (Redis restarted, say): the connection manager reconnects on the failure, and one
+    /// decision per thread would otherwise fall to `on_error` although Redis is back.
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         call: &redis::ScriptInvocation<'_>,
+        repeatable: bool,
     ) -> Result<T, StoreError> {
         let mut conn = self.connection()?;
         match call.invoke_async(&mut conn).await {
-            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+            Err(e) if repeatable && (e.is_connection_dropped() || e.is_io_error()) => {
                 Ok(call.invoke_async(&mut conn).await?)
             }
             answer => Ok(answer?),
@@ -226,7 +232,7 @@ impl SharedStore {
                 .iter()
                 .find(|(store, _)| store.as_ptr() == Arc::as_ptr(&self.alive));
             match mine {
-                Some((_, slot)) => slot.get().cloned(),
+                Some((_, slot)) => slot.load_full().map(|c| ConnectionManager::clone(&c)),
                 None => {
                     let slot = Slot::default();
                     own.push((Arc::downgrade(&self.alive), slot.clone()));
@@ -252,12 +258,18 @@ impl SharedStore {
                 if let Ok(c) =
                     ConnectionManager::new_with_config(client.clone(), config.clone()).await
                 {
-                    let _ = slot.set(c);
-                    return;
+                    slot.store(Some(Arc::new(c)));
+                    break;
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
+            // The store replaced or removed: close this thread's connection, even if the
+            // thread never asks again.
+            while alive.strong_count() > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            slot.store(None);
         });
     }
 
@@ -298,7 +310,8 @@ impl SharedStore {
             call.arg(rate.limit.max(1));
             call.arg(rate.per.as_micros().clamp(1, i64::MAX as u128) as i64);
         }
-        let levels: Vec<String> = self.invoke(&call).await?;
+        // A charge is not run again: the lost answer may have followed a charge that happened.
+        let levels: Vec<String> = self.invoke(&call, tokens == 0).await?;
         Ok(levels.iter().map(|l| l.parse().unwrap_or(0.0)).collect())
     }
 

@@ -48,7 +48,8 @@ impl Files {
         ))
     }
 
-    /// Key first: a certificate on disk always has its key beside it.
+    /// Key first; a crash between the two leaves a pair that does not match, which
+    /// [`super::Managed`] refuses to serve and orders anew.
     pub(super) fn write_certificate(&self, chain: &[u8], key: &[u8]) -> std::io::Result<()> {
         write_private(&self.key, key)?;
         write_private(&self.cert, chain)
@@ -64,7 +65,9 @@ fn short_hash<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
     hex::encode(&h.finalize()[..8])
 }
 
-/// Writes `bytes` to `path` readable by the owner only, replacing it whole.
+/// Writes `bytes` to `path` readable by the owner only, replacing it whole. The temporary
+/// file is made anew (`create_new` neither follows a planted symlink nor keeps an old
+/// file's mode), and the folder is synced so that the rename survives a crash.
 pub(super) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::DirBuilder::new()
@@ -75,15 +78,25 @@ pub(super) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
     ));
+    let _ = std::fs::remove_file(&tmp);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Whether the state folder can be made and written, checked at start: an account created
+/// at the CA but not kept would be created again at every try, and a certificate not kept
+/// ordered again at every restart (public CAs limit both).
+pub(super) fn check_writable(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(".write-probe");
+    write_private(&probe, b"")?;
+    std::fs::remove_file(probe)
 }
 
 #[cfg(test)]

@@ -28,9 +28,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The first wait after a failed order; doubled after each failure, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
-/// The least time between two orders of one listener, even when `renew_before` is longer
-/// than the CA's certificates live (every new one is due at once).
+/// The least time between two orders of one listener, when `renew_before` is longer than
+/// the CA's certificates live (every new one is due at once); doubled after each such
+/// order, up to [`MAX_INTERVAL`], so that a misconfiguration does not hammer a public CA.
 const MIN_INTERVAL: Duration = Duration::from_secs(5);
+const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// How long to wait for the listener that answers the challenges to accept connections.
 const LISTENER_WAIT: Duration = Duration::from_secs(10);
 
@@ -41,6 +43,8 @@ pub struct Managed {
     pub answers_on: String,
     pub store: Arc<CertStore>,
     orderer: Orderer,
+    /// When the first order is due (now, without a usable stored certificate).
+    first_due: SystemTime,
 }
 
 impl Managed {
@@ -52,8 +56,9 @@ impl Managed {
         base: Option<&Path>,
         store: Arc<CertStore>,
         challenges: Arc<Challenges>,
-    ) -> Managed {
-        Managed {
+    ) -> std::io::Result<Managed> {
+        files::check_writable(&state_dir.join("acme"))?;
+        let mut managed = Managed {
             listener: listener.to_string(),
             answers_on: answers_on.to_string(),
             store,
@@ -63,7 +68,11 @@ impl Managed {
                 base: base.map(Path::to_path_buf),
                 challenges,
             },
-        }
+            first_due: SystemTime::now(),
+        };
+        // Before the listeners serve: the stored certificate answers the first handshake.
+        managed.first_due = managed.restore();
+        Ok(managed)
     }
 
     /// Installs the stored certificate if it still covers the domains; when the next
@@ -123,7 +132,7 @@ impl Managed {
         let before = self.orderer.acme.renew_before.map_or(life / 3, |r| r.get());
         if before >= life {
             log::warn!(
-                "acme: listener {}: renew_before ({}) is not shorter than the certificate's life ({}); it is renewed every {}s",
+                "acme: listener {}: renew_before ({}) is not shorter than the certificate's life ({}): every certificate is due at once (orders from {}s apart, doubling)",
                 self.listener,
                 humantime::format_duration(before),
                 humantime::format_duration(life),
@@ -159,8 +168,9 @@ impl Managed {
     }
 
     async fn run(&self, mut shutdown: ShutdownWatch) {
-        let mut next = self.restore();
+        let mut next = self.first_due;
         let mut backoff = FIRST_BACKOFF;
+        let mut spacing = MIN_INTERVAL;
         let mut first = true;
         loop {
             let wait = next.duration_since(SystemTime::now()).unwrap_or_default();
@@ -180,7 +190,13 @@ impl Managed {
                         self.listener
                     );
                     backoff = FIRST_BACKOFF;
-                    next = due.max(SystemTime::now() + MIN_INTERVAL);
+                    let soonest = SystemTime::now() + spacing;
+                    spacing = if due < soonest {
+                        (spacing * 2).min(MAX_INTERVAL)
+                    } else {
+                        MIN_INTERVAL
+                    };
+                    next = due.max(soonest);
                 }
                 Err(e) => {
                     crate::metrics::ACME_ORDERS

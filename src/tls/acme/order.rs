@@ -15,6 +15,9 @@ use std::time::Duration;
 
 /// How long a CA gets to validate the challenges, then to issue.
 const VALIDATION: Duration = Duration::from_secs(120);
+/// A whole order, account to chain: the client has no timeouts of its own, and a CA that
+/// stops answering must not stop renewal for good.
+const ORDER: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum OrderError {
@@ -28,6 +31,8 @@ pub(super) enum OrderError {
     Failed { status: String, why: String },
     #[error("cannot make the tls-alpn-01 certificate: {0}")]
     ChallengeCertificate(String),
+    #[error("the CA did not finish the order within {0:?}")]
+    Timeout(Duration),
 }
 
 impl OrderError {
@@ -54,8 +59,14 @@ pub(super) struct Orderer {
 }
 
 impl Orderer {
-    /// Orders a certificate for the listener's domains and waits until it is issued.
+    /// Orders a certificate for the listener's domains and waits (bounded) until it is issued.
     pub(super) async fn order(&self) -> Result<Issued, OrderError> {
+        tokio::time::timeout(ORDER, self.order_unbounded())
+            .await
+            .unwrap_or(Err(OrderError::Timeout(ORDER)))
+    }
+
+    async fn order_unbounded(&self) -> Result<Issued, OrderError> {
         let account = self.account().await?;
         let ids: Vec<Identifier> = self
             .acme
@@ -64,16 +75,18 @@ impl Orderer {
             .map(|d| Identifier::Dns(d.clone()))
             .collect();
         let mut order = account.new_order(&NewOrder::new(&ids)).await?;
-        let mut answered = Answered::default();
-        let result = self.prove_and_finish(&mut order, &mut answered).await;
-        self.challenges.remove(&answered.tokens, &answered.domains);
-        result
+        let mut answered = Answered {
+            challenges: &self.challenges,
+            tokens: Vec::new(),
+            domains: Vec::new(),
+        };
+        self.prove_and_finish(&mut order, &mut answered).await
     }
 
     async fn prove_and_finish(
         &self,
         order: &mut Order,
-        answered: &mut Answered,
+        answered: &mut Answered<'_>,
     ) -> Result<Issued, OrderError> {
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
@@ -159,10 +172,17 @@ impl Orderer {
     }
 }
 
-#[derive(Default)]
-struct Answered {
+/// The answers an order gave; forgotten when it ends, however it ends (a timeout drops it).
+struct Answered<'a> {
+    challenges: &'a Challenges,
     tokens: Vec<String>,
     domains: Vec<String>,
+}
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        self.challenges.remove(&self.tokens, &self.domains);
+    }
 }
 
 /// Why an order did not become ready: the order's problem, else its challenges'.

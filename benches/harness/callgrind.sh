@@ -7,7 +7,7 @@
 # and prints instructions per request (of the N only) and each one's top
 # functions by inclusive cost. Bounded: two runs of N requests each.
 #   cargo build --release --bin switchyard --example bare_pingora
-#   N=20000 benches/harness/callgrind.sh
+#   N=20000 benches/harness/callgrind.sh      # KEEP=DIR keeps the two profiles there
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${SWITCHYARD_BIN:-$here/target/release/switchyard}
@@ -45,8 +45,9 @@ measure() {
   local total
   total=$(callgrind_annotate "$out".2 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}')
   printf '%s\t%s\t%s\n' "$name" "$((total / N))" "$failed" | tee -a "$work/results.tsv"
-  callgrind_annotate --inclusive=yes "$out".2 2>/dev/null | sed -n "1,$((TOP + 30))p" \
-    | grep -E '^ *[0-9,]+ ' | head -"$TOP" >"$work/$name.top"
+  if [[ -n ${KEEP:-} ]]; then cp "$out".2 "$KEEP/$name.callgrind"; fi
+  callgrind_annotate --inclusive=yes "$out".2 2>/dev/null | grep -E "^ *[0-9,]+ " \
+    | head -"$TOP" >"$work/$name.top" || true
 }
 
 measure bare "$bare" "127.0.0.1:$P_PROXY" "127.0.0.1:$P_UP"

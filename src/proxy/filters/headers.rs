@@ -48,14 +48,33 @@ pub fn forwarded(req: &mut RequestHeader, f: &Forwarded<'_>) -> pingora::Result<
     Ok(())
 }
 
-/// An IP address as a header value, formatted without an intermediate `String`.
+/// An IP address as a header value, formatted without an intermediate `String`; IPv4 (the
+/// common case) by hand, since `Display` through `fmt` was 1 % of a request's instructions.
 fn ip_value(ip: IpAddr) -> HeaderValue {
-    use std::io::Write;
     let mut buf = [0u8; 46];
-    let mut w = &mut buf[..];
-    let len = match write!(w, "{ip}") {
-        Ok(()) => 46 - w.len(),
-        Err(_) => 0,
+    let len = match ip {
+        IpAddr::V4(v4) => {
+            let mut at = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[at] = b'.';
+                    at += 1;
+                }
+                let mut digits = itoa::Buffer::new();
+                let text = digits.format(octet).as_bytes();
+                buf[at..at + text.len()].copy_from_slice(text);
+                at += text.len();
+            }
+            at
+        }
+        IpAddr::V6(_) => {
+            use std::io::Write;
+            let mut w = &mut buf[..];
+            match write!(w, "{ip}") {
+                Ok(()) => 46 - w.len(),
+                Err(_) => 0,
+            }
+        }
     };
     HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -147,6 +166,22 @@ pub fn strip_prefix(req: &mut RequestHeader, prefix: &str) -> pingora::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_values_read_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.255.9",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7:1",
+            "::ffff:10.0.0.1",
+        ] {
+            let parsed: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(parsed).to_str().unwrap(), parsed.to_string());
+        }
+    }
 
     #[test]
     fn strips_prefix_keeping_query() {

@@ -63,14 +63,10 @@ pub fn is_acme_domain(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse;
 
     fn problems(listeners: &str) -> Vec<String> {
         let text = format!("version: 1\nlisteners:\n{listeners}");
-        match parse(&text, &|_| None, None) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.problems().into_iter().map(|p| p.located()).collect(),
-        }
+        crate::config::problems_in(&text)
     }
 
     #[test]

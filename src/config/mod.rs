@@ -146,6 +146,16 @@ pub fn load_file(path: &Path, files: Option<FileCheck<'_>>) -> Result<Loaded, Co
     parse(&raw, &process_env, files)
 }
 
+/// Every problem `parse` finds in `text` (no environment, no files), located: for the
+/// validation tests of each part of the config.
+#[cfg(test)]
+pub(crate) fn problems_in(text: &str) -> Vec<String> {
+    match parse(text, &|_| None, None) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems().into_iter().map(|p| p.located()).collect(),
+    }
+}
+
 /// Parses and validates `raw`, with `files` checking what it names on disk.
 pub fn parse(
     raw: &str,

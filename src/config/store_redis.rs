@@ -62,10 +62,7 @@ mod tests {
 
     fn problems(store: &str) -> Vec<String> {
         let text = format!("version: 1\n{store}routes:\n  - {{name: r, {ROUTE}}}\n");
-        match parse(&text, &|_| None, None) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.problems().into_iter().map(|p| p.located()).collect(),
-        }
+        crate::config::problems_in(&text)
     }
 
     #[test]
@@ -89,10 +86,7 @@ mod tests {
                  auth: {{api_keys: [{{key: \"team-a-key-0123456789\", tokens_per_minute: 9, shared: true}}]}}}}\n"
             )
         };
-        let problems = match parse(&text(""), &|_| None, None) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.problems().into_iter().map(|p| p.located()).collect(),
-        };
+        let problems = crate::config::problems_in(&text(""));
         for at in [
             "routes[0].token_limit.shared",
             "routes[0].auth.api_keys[0].shared",

@@ -8,7 +8,7 @@
 mod common;
 
 use common::pebble::Pebble;
-use common::{free_port, wait_until, Proxy, Upstream};
+use common::{free_port, run_cli, wait_until, Proxy, Upstream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -268,5 +268,20 @@ async fn a_state_dir_that_cannot_be_written_stops_the_start_with_the_reason() {
     assert!(
         err.contains("server.state_dir") && err.contains("cannot be written"),
         "{err}"
+    );
+}
+
+#[test]
+fn check_refuses_a_directory_ca_that_cannot_be_read() {
+    let p = Proxy::new();
+    let body = "listeners:\n  - {name: https, listen: \"127.0.0.1:8443\", tls: {acme: {domains: [a.test], directory_ca: missing-ca.pem}}}\n";
+    write_config(&p, &p.dir.path().join("state"), body);
+    let config = p.config_path();
+    let (code, out, err) = run_cli(&["check", "-c", config.to_str().unwrap()], None);
+    assert_ne!(code, 0, "{out}{err}");
+    let said = format!("{out}{err}");
+    assert!(
+        said.contains("listeners[0].tls.acme.directory_ca") && said.contains("missing-ca.pem"),
+        "{said}"
     );
 }

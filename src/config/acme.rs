@@ -28,8 +28,8 @@ pub struct AcmeConfig {
     /// Renew this long before the certificate ends; default a third of its life.
     #[serde(default)]
     pub renew_before: Option<Dur>,
-    /// A PEM CA certificate that the directory's HTTPS certificate chains to, trusted for
-    /// the ACME directory only, in place of the system's roots (private ACME servers).
+    /// One more CA (PEM) for the directory's HTTPS certificate, trusted beside the system's
+    /// roots and for the ACME directory only (private ACME servers).
     #[serde(default)]
     pub directory_ca: Option<String>,
 }

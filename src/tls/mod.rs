@@ -30,8 +30,15 @@ pub fn check_files<S: Stage>(config: &Config<S>, base: Option<&Path>) -> Vec<Pro
     let mut problems = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let Some(tls) = &l.tls else { continue };
+        let at = |f: &str| base.map_or_else(|| Path::new(f).to_path_buf(), |b| b.join(f));
+        #[cfg(feature = "rustls")]
+        if let Some(ca) = tls.acme.as_ref().and_then(|a| a.directory_ca.as_deref()) {
+            if let Err(e) = acme::check_directory_ca(&at(ca)) {
+                let path = format!("listeners[{i}].tls.acme.directory_ca");
+                problems.push(Problem::new(path, e));
+            }
+        }
         for (j, pair) in tls.certificates.iter().enumerate() {
-            let at = |f: &str| base.map_or_else(|| Path::new(f).to_path_buf(), |b| b.join(f));
             if let Err(e) = load_pair(&at(&pair.cert), &at(&pair.key)) {
                 let path = format!("listeners[{i}].tls.certificates[{j}]");
                 problems.push(Problem::new(path, e.to_string()));

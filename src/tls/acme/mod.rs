@@ -268,6 +268,11 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Whether `directory_ca` names a readable PEM certificate (part of checking a config).
+pub fn check_directory_ca(path: &Path) -> Result<(), String> {
+    order::read_ca(path).map(|_| ()).map_err(|e| e.to_string())
+}
+
 /// The state directory as the config names it; a relative one is taken from the config's
 /// folder, like every other file the config names.
 pub fn state_dir(configured: &str, base: Option<&Path>) -> PathBuf {

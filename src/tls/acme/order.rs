@@ -33,6 +33,8 @@ pub(super) enum OrderError {
     ChallengeCertificate(String),
     #[error("the CA did not finish the order within {0:?}")]
     Timeout(Duration),
+    #[error("directory_ca {0}")]
+    DirectoryCa(String),
 }
 
 impl OrderError {
@@ -164,11 +166,27 @@ impl Orderer {
         let _ = std::fs::remove_file(&self.files.account);
     }
 
+    /// The system's roots, plus `directory_ca` when the config names one.
     fn builder(&self) -> Result<AccountBuilder, OrderError> {
-        Ok(match &self.acme.directory_ca {
-            Some(ca) => Account::builder_with_root(resolve(self.base.as_deref(), ca))?,
-            None => Account::builder()?,
-        })
+        let Some(ca) = &self.acme.directory_ca else {
+            return Ok(Account::builder()?);
+        };
+        let roots = directory_roots(&resolve(self.base.as_deref(), ca))?;
+        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::backend::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| OrderError::DirectoryCa(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build::<_, instant_acme::BodyWrapper<bytes::Bytes>>(https);
+        Ok(Account::builder_with_http(Box::new(client)))
     }
 }
 
@@ -205,6 +223,35 @@ fn failed(order: &mut Order, status: OrderStatus) -> OrderError {
             why.join("; ")
         },
     }
+}
+
+/// The system's roots (`SSL_CERT_FILE` and `SSL_CERT_DIR` included) and the CA in `ca_file`.
+fn directory_roots(ca_file: &Path) -> Result<rustls::RootCertStore, OrderError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Err(e) = pingora::tls::load_platform_certs_incl_env_into_store(&mut roots) {
+        log::warn!("acme: the system's CA certificates: {e}; trusting directory_ca alone");
+    }
+    for cert in read_ca(ca_file)? {
+        roots
+            .add(cert)
+            .map_err(|e| OrderError::DirectoryCa(format!("{}: {e}", ca_file.display())))?;
+    }
+    Ok(roots)
+}
+
+/// The PEM certificates in `ca_file`, at least one.
+pub(super) fn read_ca(
+    ca_file: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, OrderError> {
+    let bad = |why: String| OrderError::DirectoryCa(format!("{}: {why}", ca_file.display()));
+    let pem = std::fs::read(ca_file).map_err(|e| bad(e.to_string()))?;
+    let certs = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate found".into()));
+    }
+    Ok(certs)
 }
 
 fn resolve(base: Option<&Path>, file: &str) -> PathBuf {

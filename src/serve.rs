@@ -200,7 +200,7 @@ fn acme_service(
 ) -> Result<Option<crate::tls::acme::Service>> {
     use crate::config::AcmeChallenge;
     let base = state.path.parent();
-    let state_dir = crate::tls::acme::state_dir(&c.server.state_dir, base);
+    let state_dir = crate::tls::from_config_folder(base, &c.server.state_dir);
     let plaintext = c
         .listeners
         .iter()

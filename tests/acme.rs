@@ -48,6 +48,46 @@ routes:
     )
 }
 
+/// One test's parts: an upstream, Pebble (validating on `http` and `tls`) and its root, a
+/// state folder, and a proxy not started yet.
+struct Setup {
+    up: Upstream,
+    http: u16,
+    tls: u16,
+    pebble: Pebble,
+    root: String,
+    state: tempfile::TempDir,
+    p: Proxy,
+}
+
+async fn setup() -> Setup {
+    let up = Upstream::start("up").await;
+    let (http, tls) = (free_port(), free_port());
+    let pebble = Pebble::start(http, tls).await;
+    let root = pebble.root().await;
+    Setup {
+        up,
+        http,
+        tls,
+        pebble,
+        root,
+        state: tempfile::tempdir().unwrap(),
+        p: Proxy::new(),
+    }
+}
+
+impl Setup {
+    /// The TLS listener with `acme_extra` in its `acme:` map.
+    fn https(&self, acme_extra: &str) -> String {
+        https_listener(self.tls, &self.pebble, &self.up, acme_extra)
+    }
+
+    async fn start(&mut self, body: &str) {
+        write_config(&self.p, self.state.path(), body);
+        self.p.spawn().await;
+    }
+}
+
 fn connector(root_pem: &str) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut root_pem.as_bytes()) {
@@ -133,14 +173,15 @@ fn assert_owner_only(dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_alpn_01_issues_and_a_restart_serves_the_stored_certificate() {
-    let up = Upstream::start("up").await;
-    let port = free_port();
-    let pebble = Pebble::start(free_port(), port).await;
-    let root = pebble.root().await;
-    let state = tempfile::tempdir().unwrap();
-    let mut p = Proxy::new();
-    write_config(&p, state.path(), &https_listener(port, &pebble, &up, ""));
-    p.spawn().await;
+    let mut t = setup().await;
+    t.start(&t.https("")).await;
+    let Setup {
+        tls: port,
+        root,
+        state,
+        mut p,
+        ..
+    } = t;
 
     let first = wait_for_new(&p, port, &root, None).await;
     assert_eq!(p.metric(ISSUED).await, Some(1.0), "{}", p.stderr());
@@ -168,20 +209,16 @@ async fn tls_alpn_01_issues_and_a_restart_serves_the_stored_certificate() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_due_renewal_is_swapped_in_and_a_missing_ca_leaves_the_old_one_serving() {
-    let up = Upstream::start("up").await;
-    let port = free_port();
-    let mut pebble = Pebble::start(free_port(), port).await;
-    let root = pebble.root().await;
-    let state = tempfile::tempdir().unwrap();
-    let mut p = Proxy::new();
+    let mut t = setup().await;
     // Longer than Pebble's certificates live: every certificate is due at once.
-    let due_at_once = ", renew_before: 100000d";
-    write_config(
-        &p,
-        state.path(),
-        &https_listener(port, &pebble, &up, due_at_once),
-    );
-    p.spawn().await;
+    t.start(&t.https(", renew_before: 100000d")).await;
+    let Setup {
+        tls: port,
+        root,
+        mut pebble,
+        p,
+        ..
+    } = t;
 
     let first = wait_for_new(&p, port, &root, None).await;
     let mut open = connect(port, &root).await.expect("a verified connection");
@@ -215,18 +252,14 @@ async fn a_due_renewal_is_swapped_in_and_a_missing_ca_leaves_the_old_one_serving
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_01_is_answered_by_a_listener_that_redirects_everything_else() {
-    let up = Upstream::start("up").await;
-    let (http, https) = (free_port(), free_port());
-    let pebble = Pebble::start(http, https).await;
-    let root = pebble.root().await;
-    let state = tempfile::tempdir().unwrap();
-    let mut p = Proxy::new();
-    let body = https_listener(https, &pebble, &up, ", challenge: http-01").replace(
+    let mut t = setup().await;
+    let (http, https) = (t.http, t.tls);
+    let body = t.https(", challenge: http-01").replace(
         "listeners:\n",
         &format!("listeners:\n  - {{name: http, listen: \"127.0.0.1:{http}\", redirect_to_https: {https}}}\n"),
     );
-    write_config(&p, state.path(), &body);
-    p.spawn().await;
+    t.start(&body).await;
+    let Setup { root, p, .. } = t;
 
     wait_for_new(&p, https, &root, None).await;
     assert_eq!(p.metric(ISSUED).await, Some(1.0));
@@ -246,17 +279,11 @@ async fn http_01_is_answered_by_a_listener_that_redirects_everything_else() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_state_dir_that_cannot_be_written_stops_the_start_with_the_reason() {
-    let up = Upstream::start("up").await;
-    let port = free_port();
-    let pebble = Pebble::start(free_port(), port).await;
-    let p = Proxy::new();
+    let t = setup().await;
+    let p = &t.p;
     let blocker = p.dir.path().join("not-a-folder");
     std::fs::write(&blocker, "").unwrap();
-    write_config(
-        &p,
-        &blocker.join("state"),
-        &https_listener(port, &pebble, &up, ""),
-    );
+    write_config(p, &blocker.join("state"), &t.https(""));
     let mut child = p.spawn_process("refused", &[]);
     let exited = wait_until(Duration::from_secs(20), || {
         let done = matches!(child.try_wait(), Ok(Some(_)));

@@ -26,11 +26,16 @@ use std::sync::Arc;
 /// Every listener certificate of `config` that cannot be loaded (unreadable, not PEM, key not
 /// matching), as a config problem with its place; relative file names are taken from `base`,
 /// the config file's folder. Part of checking a config, since the store is built from them.
+/// A file the config names: a relative name is taken from `base`, the config file's folder.
+pub fn from_config_folder(base: Option<&Path>, file: &str) -> std::path::PathBuf {
+    base.map_or_else(|| Path::new(file).to_path_buf(), |b| b.join(file))
+}
+
 pub fn check_files<S: Stage>(config: &Config<S>, base: Option<&Path>) -> Vec<Problem> {
     let mut problems = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let Some(tls) = &l.tls else { continue };
-        let at = |f: &str| base.map_or_else(|| Path::new(f).to_path_buf(), |b| b.join(f));
+        let at = |f: &str| from_config_folder(base, f);
         #[cfg(feature = "rustls")]
         if let Some(ca) = tls.acme.as_ref().and_then(|a| a.directory_ca.as_deref()) {
             if let Err(e) = acme::check_directory_ca(&at(ca)) {
@@ -108,10 +113,10 @@ impl<E: Certificate> Store<E> {
     pub fn reload(&self, tls: &ListenerTls, base: Option<&Path>) -> Result<(), TlsError> {
         let mut files = Vec::with_capacity(tls.certificates.len());
         for pair in &tls.certificates {
-            let (cert, key) = match base {
-                Some(b) => (b.join(&pair.cert), b.join(&pair.key)),
-                None => (pair.cert.clone().into(), pair.key.clone().into()),
-            };
+            let (cert, key) = (
+                from_config_folder(base, &pair.cert),
+                from_config_folder(base, &pair.key),
+            );
             files.push(E::load(&cert, &key)?);
         }
         let mut kept = self.files.lock();

@@ -253,16 +253,9 @@ impl SharedStore {
         let (client, alive) = (self.client.clone(), Arc::downgrade(&self.alive));
         let config = manager_config(self.config.timeout.get());
         here.spawn(async move {
-            let mut delay = Duration::from_millis(50);
-            while alive.strong_count() > 0 {
-                if let Ok(c) =
-                    ConnectionManager::new_with_config(client.clone(), config.clone()).await
-                {
-                    slot.store(Some(Arc::new(c)));
-                    break;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+            let lives = || alive.strong_count() > 0;
+            if let Some(c) = connect_with_backoff(&client, &config, lives, |_| {}).await {
+                slot.store(Some(Arc::new(c)));
             }
             // The store replaced or removed: close this thread's connection, even if the
             // thread never asks again.
@@ -364,6 +357,26 @@ fn mark(state: &AtomicBool, up: bool, why: Option<&StoreError>) {
     }
 }
 
+/// Connects, retrying with backoff (50 ms doubling to 2 s) while `keep_trying`; `failed`
+/// hears of each failure.
+async fn connect_with_backoff(
+    client: &redis::Client,
+    config: &ConnectionManagerConfig,
+    keep_trying: impl Fn() -> bool,
+    mut failed: impl FnMut(&redis::RedisError),
+) -> Option<ConnectionManager> {
+    let mut delay = Duration::from_millis(50);
+    while keep_trying() {
+        match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+            Ok(c) => return Some(c),
+            Err(e) => failed(&e),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+    None
+}
+
 fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         // Backstops only: every decision has its own `timeout`.
@@ -394,23 +407,16 @@ fn connect_thread(
     };
     rt.block_on(async move {
         let connect = async {
-            let mut delay = Duration::from_millis(50);
             let mut first = true;
-            loop {
-                match ConnectionManager::new_with_config(client.clone(), manager_config(timeout)).await {
-                    Ok(c) => {
-                        let _ = conn.set(c);
-                        mark(&up, true, None);
-                        return;
-                    }
-                    Err(e) => {
-                        if std::mem::take(&mut first) {
-                            log::warn!("store.redis: cannot connect ({e}); retrying, shared limits follow on_error");
-                        }
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(2));
-                    }
+            let warn_once = |e: &redis::RedisError| {
+                if std::mem::take(&mut first) {
+                    log::warn!("store.redis: cannot connect ({e}); retrying, shared limits follow on_error");
                 }
+            };
+            let config = manager_config(timeout);
+            if let Some(c) = connect_with_backoff(&client, &config, || true, warn_once).await {
+                let _ = conn.set(c);
+                mark(&up, true, None);
             }
         };
         let mut stopped = stopped;

@@ -21,7 +21,7 @@ use files::Files;
 use order::Orderer;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -271,10 +271,4 @@ fn unix_now() -> i64 {
 /// Whether `directory_ca` names a readable PEM certificate (part of checking a config).
 pub fn check_directory_ca(path: &Path) -> Result<(), String> {
     order::read_ca(path).map(|_| ()).map_err(|e| e.to_string())
-}
-
-/// The state directory as the config names it; a relative one is taken from the config's
-/// folder, like every other file the config names.
-pub fn state_dir(configured: &str, base: Option<&Path>) -> PathBuf {
-    base.map_or_else(|| PathBuf::from(configured), |b| b.join(configured))
 }

@@ -171,7 +171,7 @@ impl Orderer {
         let Some(ca) = &self.acme.directory_ca else {
             return Ok(Account::builder()?);
         };
-        let roots = directory_roots(&resolve(self.base.as_deref(), ca))?;
+        let roots = directory_roots(&crate::tls::from_config_folder(self.base.as_deref(), ca))?;
         let tls = rustls::ClientConfig::builder_with_provider(crate::tls::backend::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| OrderError::DirectoryCa(e.to_string()))?
@@ -252,8 +252,4 @@ pub(super) fn read_ca(
         return Err(bad("no PEM certificate found".into()));
     }
     Ok(certs)
-}
-
-fn resolve(base: Option<&Path>, file: &str) -> PathBuf {
-    base.map_or_else(|| PathBuf::from(file), |b| b.join(file))
 }

@@ -149,7 +149,7 @@ impl Deref for RequestHeader {
 impl RequestHeader {
     fn new_no_case(size_hint: Option<usize>) -> Self {
         let mut base = ReqBuilder::new().body(()).unwrap().into_parts().0;
-        base.headers.reserve(http_header_map_upper_bound(size_hint));
+        base.headers.reserve(header_map_capacity(size_hint));
         RequestHeader {
             base,
             header_name_map: None,
@@ -167,9 +167,7 @@ impl RequestHeader {
         size_hint: Option<usize>,
     ) -> Result<Self> {
         let mut req = Self::build_no_case(method, path, size_hint)?;
-        req.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
-            size_hint,
-        )));
+        req.header_name_map = Some(CaseMap::with_capacity(header_map_capacity(size_hint)));
         Ok(req)
     }
 
@@ -507,15 +505,13 @@ impl From<Box<ResponseHeader>> for Box<RespParts> {
 impl ResponseHeader {
     fn new(size_hint: Option<usize>) -> Self {
         let mut resp_header = Self::new_no_case(size_hint);
-        resp_header.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
-            size_hint,
-        )));
+        resp_header.header_name_map = Some(CaseMap::with_capacity(header_map_capacity(size_hint)));
         resp_header
     }
 
     fn new_no_case(size_hint: Option<usize>) -> Self {
         let mut base = RespBuilder::new().body(()).unwrap().into_parts().0;
-        base.headers.reserve(http_header_map_upper_bound(size_hint));
+        base.headers.reserve(header_map_capacity(size_hint));
         ResponseHeader {
             base,
             header_name_map: None,
@@ -845,6 +841,18 @@ fn http_header_map_upper_bound(size_hint: Option<usize>) -> usize {
     )
 }
 
+/// Headers a proxy typically adds to a parsed header (`X-Forwarded-*`, a request id,
+/// security headers) before sending it on.
+const PROXY_HEADROOM: usize = 8;
+
+/// The capacity of a new header map: the parsed headers (`size_hint`) and room for
+/// [`PROXY_HEADROOM`] more. A map built with room for exactly the parsed headers rehashes
+/// on the first header a proxy adds, and again on later ones, in the value map and in the
+/// case map alike.
+fn header_map_capacity(size_hint: Option<usize>) -> usize {
+    http_header_map_upper_bound(size_hint.map(|n| n.saturating_add(PROXY_HEADROOM)))
+}
+
 #[inline]
 fn append_header_value<T>(
     name_map: Option<&mut CaseMap>,
@@ -1054,6 +1062,19 @@ fn case_header_iter<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parsed_headers_get_room_for_what_a_proxy_adds() {
+        let mut req = RequestHeader::build("GET", b"/", Some(3)).unwrap();
+        assert!(req.headers.capacity() >= 3 + PROXY_HEADROOM);
+        let resp = ResponseHeader::build(200, Some(3)).unwrap();
+        assert!(resp.headers.capacity() >= 3 + PROXY_HEADROOM);
+        assert_eq!(header_map_capacity(Some(7777)), 4096);
+        for i in 0..3 + PROXY_HEADROOM {
+            req.insert_header(format!("x-h{i}"), "v").unwrap();
+        }
+        assert_eq!(req.headers.len(), 3 + PROXY_HEADROOM);
+    }
 
     #[test]
     fn header_map_upper_bound() {

@@ -38,6 +38,18 @@ impl CaseHeaderName {
 /// A trait that converts into case-sensitive header names.
 pub trait IntoCaseHeaderName {
     fn into_case_header_name(self) -> CaseHeaderName;
+
+    /// The header name for the value map, with the case-preserving name beside it. By
+    /// default the case name is parsed (which allocates for a name that is not a standard
+    /// one); names that are parsed already, or static and lowercase, skip that.
+    fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName), http::header::InvalidHeaderName>
+    where
+        Self: Sized,
+    {
+        let case = self.into_case_header_name();
+        let name = HeaderName::from_bytes(case.as_slice())?;
+        Ok((name, case))
+    }
 }
 
 impl IntoCaseHeaderName for CaseHeaderName {
@@ -56,17 +68,44 @@ impl IntoCaseHeaderName for &'static str {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(self.into())
     }
+
+    fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName), http::header::InvalidHeaderName> {
+        if !is_lowercase_token(self) {
+            let case = self.into_case_header_name();
+            return Ok((HeaderName::from_bytes(case.as_slice())?, case));
+        }
+        // Cannot panic: the name was checked to be a valid lowercase token just above.
+        Ok((HeaderName::from_static(self), self.into_case_header_name()))
+    }
+}
+
+/// What `HeaderName::from_static` accepts: 1 to 65,535 lowercase token characters.
+fn is_lowercase_token(name: &str) -> bool {
+    (1..=u16::MAX as usize).contains(&name.len())
+        && name.bytes().all(|b| {
+            matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'!' | b'#' | b'$' | b'%' | b'&' | b'\''
+                | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
+        })
 }
 
 impl IntoCaseHeaderName for HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(&self))
     }
+
+    fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName), http::header::InvalidHeaderName> {
+        let case = CaseHeaderName(titled_header_name(&self));
+        Ok((self, case))
+    }
 }
 
 impl IntoCaseHeaderName for &HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(self))
+    }
+
+    fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName), http::header::InvalidHeaderName> {
+        Ok((self.clone(), CaseHeaderName(titled_header_name(self))))
     }
 }
 
@@ -114,5 +153,28 @@ mod tests {
         assert_eq!("FoO".into_case_header_name().as_slice(), b"FoO");
         assert_eq!("FoO".to_string().into_case_header_name().as_slice(), b"FoO");
         assert_eq!(header::SERVER.into_case_header_name().as_slice(), b"Server");
+    }
+
+    #[test]
+    fn header_names_are_those_the_parse_gives() {
+        let parsed = |n: &str| HeaderName::from_bytes(n.as_bytes()).unwrap();
+        for name in ["x-forwarded-for", "content-length", "x-a!#$%&'*+-.^_`|~09"] {
+            let (h, case) = name.into_header_names().unwrap();
+            assert_eq!(h, parsed(name));
+            assert_eq!(case.as_slice(), name.as_bytes());
+        }
+        // Not lowercase: parsed, and the case kept as given.
+        let (h, case) = "X-Forwarded-For".into_header_names().unwrap();
+        assert_eq!(h, parsed("x-forwarded-for"));
+        assert_eq!(case.as_slice(), b"X-Forwarded-For");
+        // Invalid: an error, not from_static's panic.
+        assert!("".into_header_names().is_err());
+        assert!("bad name".into_header_names().is_err());
+        assert!("bad\nname".into_header_names().is_err());
+        let (h, case) = header::CONTENT_TYPE.into_header_names().unwrap();
+        assert_eq!((h, case.as_slice()), (header::CONTENT_TYPE, &b"Content-Type"[..]));
+        let custom = HeaderName::from_static("x-custom");
+        let (h, case) = (&custom).into_header_names().unwrap();
+        assert_eq!((h, case.as_slice()), (custom, &b"x-custom"[..]));
     }
 }

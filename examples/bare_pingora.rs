@@ -1,13 +1,13 @@
 //! The floor under switchyard's per-request cost: a Pingora proxy with nothing in it.
 //!
 //! One listener, one upstream, an empty `ProxyHttp` (no filters, no context, no metrics),
-//! one worker thread without work stealing, upstream keep-alive. The load harness runs it
+//! one worker thread (or THREADS) without work stealing, upstream keep-alive. The load harness runs it
 //! beside nginx and switchyard (docs/benchmarks.md, "What Pingora itself costs") to split
 //! the gap to nginx into Pingora's share and switchyard's.
 //!
 //! ```sh
 //! cargo build --release --example bare_pingora
-//! taskset -c 1 target/release/examples/bare_pingora 127.0.0.1:18080 127.0.0.1:18081
+//! taskset -c 1 target/release/examples/bare_pingora 127.0.0.1:18080 127.0.0.1:18081 [THREADS]
 //! ```
 
 use async_trait::async_trait;
@@ -36,11 +36,12 @@ impl ProxyHttp for Bare {
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        anyhow::bail!("usage: bare_pingora LISTEN UPSTREAM (host:port each)");
+        anyhow::bail!("usage: bare_pingora LISTEN UPSTREAM [THREADS] (host:port each; 1 thread)");
     };
     let upstream: SocketAddr = upstream.parse()?;
+    let threads = args.next().map_or(Ok(1), |t| t.parse())?;
     let conf = ServerConf {
-        threads: 1,
+        threads,
         work_stealing: false,
         upstream_keepalive_pool_size: 128,
         ..ServerConf::default()

@@ -4,20 +4,23 @@
 work=$(mktemp -d /tmp/switchyard-harness.XXXXXX)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # SIGINT: the fast stop of Pingora, nginx and HAProxy alike (SIGTERM makes Pingora wait out
+  # its grace period first).
+  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-# nginx_conf DIR SERVER-BLOCK [CONNECTIONS]: one nginx process (no master), so that its pid
-# is the one doing the work, for CPU and RSS readings.
+# nginx_conf DIR SERVER-BLOCK [CONNECTIONS] [WORKERS]: one nginx process (no master), so that
+# its pid is the one doing the work, for CPU and RSS readings; with WORKERS > 1, a master and
+# its workers (read the process tree).
 nginx_conf() {
-  local conns=${3:-4096}
+  local conns=${3:-4096} workers=${4:-1}
   mkdir -p "$1/tmp"
   cat >"$1/nginx.conf" <<CONF
-worker_processes 1;
-master_process off;
+worker_processes $workers;
+master_process $( ((workers > 1)) && echo on || echo off);
 worker_rlimit_nofile $((conns + 100));
 pid $1/nginx.pid;
 error_log $1/error.log warn;

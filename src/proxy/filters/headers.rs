@@ -1,9 +1,20 @@
 //! Headers switchyard adds or edits on the way up and down.
 
 use crate::runtime::router::{under_prefix, HeaderEdits};
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
+
+// Names as constants, not `&str`s: Pingora inserts a `HeaderName` without parsing it again,
+// and one made by `from_static` without an allocation.
+#[allow(clippy::declare_interior_mutable_const)]
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+#[allow(clippy::declare_interior_mutable_const)]
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+#[allow(clippy::declare_interior_mutable_const)]
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+#[allow(clippy::declare_interior_mutable_const)]
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// The `X-Forwarded-*` family and `X-Real-IP` for the upstream request.
 pub struct Forwarded<'a> {
@@ -21,7 +32,7 @@ pub fn forwarded(req: &mut RequestHeader, f: &Forwarded<'_>) -> pingora::Result<
     if let Some(peer) = f.peer_ip {
         let previous = req
             .headers
-            .get("x-forwarded-for")
+            .get(X_FORWARDED_FOR)
             .filter(|v| f.peer_trusted && !v.is_empty());
         let chain = match (previous, &client) {
             (Some(prev), _) => {
@@ -35,15 +46,15 @@ pub fn forwarded(req: &mut RequestHeader, f: &Forwarded<'_>) -> pingora::Result<
             (None, Some(c)) if f.client_ip == Some(peer) => c.clone(),
             (None, _) => ip_value(peer),
         };
-        req.insert_header("x-forwarded-for", chain)?;
+        req.insert_header(X_FORWARDED_FOR, chain)?;
     }
     if let Some(ip) = client {
-        req.insert_header("x-real-ip", ip)?;
+        req.insert_header(X_REAL_IP, ip)?;
     }
     let proto = if f.tls { "https" } else { "http" };
-    req.insert_header("x-forwarded-proto", HeaderValue::from_static(proto))?;
+    req.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
     if !f.host.is_empty() {
-        req.insert_header("x-forwarded-host", f.host)?;
+        req.insert_header(X_FORWARDED_HOST, f.host)?;
     }
     Ok(())
 }
@@ -102,18 +113,21 @@ pub fn edit_response(resp: &mut ResponseHeader, edits: &HeaderEdits) -> pingora:
 /// HSTS (TLS listeners only), nosniff, frame denial and a referrer policy, unless the
 /// backend already chose its own.
 pub fn security(resp: &mut ResponseHeader, tls: bool) -> pingora::Result<()> {
-    let mut add = |name: &'static str, value: &'static str| -> pingora::Result<()> {
-        if resp.headers.get(name).is_none() {
+    use http::header::{
+        REFERRER_POLICY, STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    };
+    let mut add = |name: HeaderName, value: &'static str| -> pingora::Result<()> {
+        if !resp.headers.contains_key(&name) {
             resp.insert_header(name, HeaderValue::from_static(value))?;
         }
         Ok(())
     };
     if tls {
-        add("strict-transport-security", "max-age=31536000")?;
+        add(STRICT_TRANSPORT_SECURITY, "max-age=31536000")?;
     }
-    add("x-content-type-options", "nosniff")?;
-    add("x-frame-options", "DENY")?;
-    add("referrer-policy", "strict-origin-when-cross-origin")
+    add(X_CONTENT_TYPE_OPTIONS, "nosniff")?;
+    add(X_FRAME_OPTIONS, "DENY")?;
+    add(REFERRER_POLICY, "strict-origin-when-cross-origin")
 }
 
 /// Removes `prefix` from the front of the path, keeping the query and a leading `/`.

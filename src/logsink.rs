@@ -4,8 +4,9 @@
 //! (journald, a pipe) does not take the bytes, and a worker thread that blocks stops serving
 //! every connection it holds. So no request-handling thread writes there: each line goes into
 //! a bounded queue, and one dedicated thread per stream drains it, joining whatever is queued
-//! into one write. When a queue is full the new line is dropped and counted in
-//! `switchyard_log_lines_dropped_total`: a stalled reader costs log lines, never requests.
+//! (gathered for up to [`GATHER`]) into one write. When a queue is full the new line is
+//! dropped and counted in `switchyard_log_lines_dropped_total`: a stalled reader costs log
+//! lines, never requests.
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;

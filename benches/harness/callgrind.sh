@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Instructions per request, user space, counted by valgrind's callgrind: repeatable for the
 # same binary and inputs whatever else the machine does, so a change of a few percent shows
-# (the CPU-seconds of floor.sh need a quiet machine and several rounds for that). Runs the
+# (the CPU-seconds of table.sh need a quiet machine and several rounds for that). Runs the
 # bare Pingora proxy and switchyard (conf/bench.yaml) in turn under callgrind in front of one
 # nginx upstream, sends the same WARM then N keep-alive requests from `ab` (C connections),
 # and prints instructions per request (of the N only) and each one's top
 # functions by inclusive cost. Bounded: two runs of N requests each.
 #   cargo build --release --bin switchyard --example bare_pingora
 #   N=20000 benches/harness/callgrind.sh      # KEEP=DIR keeps the two profiles there
+#   CONFIG=FILE: switchyard's config instead of conf/bench.yaml (its placeholders filled alike)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${SWITCHYARD_BIN:-$here/target/release/switchyard}
@@ -53,7 +54,7 @@ measure() {
 measure bare "$bare" "127.0.0.1:$P_PROXY" "127.0.0.1:$P_UP"
 mkdir -p "$work/sy"
 BENCH_WORK=$work/sy BENCH_LISTEN=127.0.0.1:$P_PROXY BENCH_UPSTREAM=127.0.0.1:$P_UP \
-  BENCH_ADMIN=127.0.0.1:18609 RUST_LOG=warn measure switchyard "$bin" run -c "$here/conf/bench.yaml"
+  BENCH_ADMIN=127.0.0.1:18609 RUST_LOG=warn measure switchyard "$bin" run -c "${CONFIG:-$here/conf/bench.yaml}"
 
 echo
 echo "| target | instructions / request | failed |"

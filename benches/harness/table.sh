@@ -17,6 +17,8 @@
 #   benches/harness/table.sh                   # ROUNDS=5 DURATION=8 CONNS=50
 #   PROXY_CPUS=0,1 LOADGEN_CPUS=0,1 benches/harness/table.sh   # two workers, shared cores
 #   PINGAP_BIN=~/.cargo/bin/pingap benches/harness/table.sh      # default: pingap on PATH
+#   AB_BIN=/tmp/switchyard-before benches/harness/table.sh  # + `switchyard-ab`: that binary on
+#                                                          # conf/bench.yaml, for an A/B in one run
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${SWITCHYARD_BIN:-$here/target/release/switchyard}
@@ -34,9 +36,11 @@ wrk_threads=$(taskset -c "$LOADGEN_CPUS" nproc)
 
 P_UP=18701
 declare -A PORT=([nginx]=18711 [haproxy]=18712 [pingap]=18713 [bare]=18714
-  [switchyard]=18715 [switchyard-defaults]=18716 [switchyard-log]=18717) PID=()
-targets=(nginx haproxy bare switchyard switchyard-defaults switchyard-log)
-[[ -n $pingap ]] && targets=(nginx haproxy pingap bare switchyard switchyard-defaults switchyard-log)
+  [switchyard]=18715 [switchyard-defaults]=18716 [switchyard-log]=18717 [switchyard-ab]=18718) PID=()
+targets=(nginx haproxy)
+[[ -n $pingap ]] && targets+=(pingap)
+targets+=(bare switchyard switchyard-defaults switchyard-log)
+[[ -n ${AB_BIN:-} ]] && targets+=(switchyard-ab)
 
 # exec: a `&` job of this function is then the proxy itself, so the cleanup can stop it by pid.
 on_proxy_cpus() { exec taskset -c "$PROXY_CPUS" "$@"; }
@@ -102,20 +106,24 @@ fi
 on_proxy_cpus "$bare" "127.0.0.1:${PORT[bare]}" "127.0.0.1:$P_UP" "$threads" >"$work/bare.log" 2>&1 &
 PID[bare]=$!; pids+=($!)
 
-# switchyard NAME EDGE-SECTION ADMIN-PORT: conf/bench.yaml with its thread count and `edge:`.
+# switchyard NAME EDGE-SECTION ADMIN-PORT [BINARY]: conf/bench.yaml with its thread count and
+# `edge:`.
 switchyard() {
-  local d=$work/$1
+  local d=$work/$1 binary=${4:-$bin}
   mkdir -p "$d"
   sed -e "s/^  threads: 1$/  threads: $threads/" -e '/^edge:/,$d' "$here/conf/bench.yaml" >"$d/proxy.yaml"
   printf '%s\n' "$2" >>"$d/proxy.yaml"
   BENCH_WORK=$d BENCH_LISTEN=127.0.0.1:${PORT[$1]} BENCH_UPSTREAM=127.0.0.1:$P_UP \
     BENCH_ADMIN=127.0.0.1:$3 RUST_LOG=warn \
-    on_proxy_cpus "$bin" run -c "$d/proxy.yaml" >"$d/stdout" 2>"$d/stderr" &
+    on_proxy_cpus "$binary" run -c "$d/proxy.yaml" >"$d/stdout" 2>"$d/stderr" &
   PID[$1]=$!; pids+=($!)
 }
 switchyard switchyard $'edge:\n  access_log: {enabled: false}\n  security_headers: false' 18721
 switchyard switchyard-defaults $'edge:\n  access_log: {enabled: false}' 18722
 switchyard switchyard-log 'edge: {}' 18723
+if [[ -n ${AB_BIN:-} ]]; then
+  switchyard switchyard-ab $'edge:\n  access_log: {enabled: false}\n  security_headers: false' 18724 "$AB_BIN"
+fi
 
 load() { taskset -c "$LOADGEN_CPUS" wrk -t"$wrk_threads" -c"$CONNS" "$@"; }
 for t in "${targets[@]}"; do

@@ -5,17 +5,6 @@ use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
 
-// Names as constants, not `&str`s: Pingora inserts a `HeaderName` without parsing it again,
-// and one made by `from_static` without an allocation.
-#[allow(clippy::declare_interior_mutable_const)]
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-#[allow(clippy::declare_interior_mutable_const)]
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-#[allow(clippy::declare_interior_mutable_const)]
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-#[allow(clippy::declare_interior_mutable_const)]
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
 /// The `X-Forwarded-*` family and `X-Real-IP` for the upstream request.
 pub struct Forwarded<'a> {
     pub client_ip: Option<IpAddr>,
@@ -32,7 +21,7 @@ pub fn forwarded(req: &mut RequestHeader, f: &Forwarded<'_>) -> pingora::Result<
     if let Some(peer) = f.peer_ip {
         let previous = req
             .headers
-            .get(X_FORWARDED_FOR)
+            .get("x-forwarded-for")
             .filter(|v| f.peer_trusted && !v.is_empty());
         let chain = match (previous, &client) {
             (Some(prev), _) => {
@@ -46,15 +35,15 @@ pub fn forwarded(req: &mut RequestHeader, f: &Forwarded<'_>) -> pingora::Result<
             (None, Some(c)) if f.client_ip == Some(peer) => c.clone(),
             (None, _) => ip_value(peer),
         };
-        req.insert_header(X_FORWARDED_FOR, chain)?;
+        req.insert_header("x-forwarded-for", chain)?;
     }
     if let Some(ip) = client {
-        req.insert_header(X_REAL_IP, ip)?;
+        req.insert_header("x-real-ip", ip)?;
     }
     let proto = if f.tls { "https" } else { "http" };
-    req.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
+    req.insert_header("x-forwarded-proto", HeaderValue::from_static(proto))?;
     if !f.host.is_empty() {
-        req.insert_header(X_FORWARDED_HOST, f.host)?;
+        req.insert_header("x-forwarded-host", f.host)?;
     }
     Ok(())
 }

@@ -1,11 +1,8 @@
 //! `X-Request-ID`: keep a sane one from the client, else make a new one.
 
-use http::{HeaderMap, HeaderName};
+use http::HeaderMap;
 
-/// A `HeaderName` constant rather than a `&str`: Pingora inserts it without parsing it again
-/// (and, being made by `from_static`, without allocating).
-#[allow(clippy::declare_interior_mutable_const)]
-pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
+pub const HEADER: &str = "x-request-id";
 
 /// The client's id if it is 1–128 characters of `[A-Za-z0-9._:-]`, else a fresh UUID.
 pub fn pick(headers: &HeaderMap) -> String {

@@ -132,7 +132,7 @@ impl ServerApp for TcpProxy {
                 }
                 Ok(Err(_)) | Err(_) => {
                     crate::metrics::CONNECT_FAILURES
-                        .with_label_values(&[pool.name.as_str(), &member.addr.to_string()])
+                        .with_label_values(&[pool.name.as_str(), &member.label])
                         .inc();
                     pool.record_outcome(&member, true);
                     tried.push(member.addr);

@@ -375,17 +375,18 @@ impl ProxyHttp for Edge {
             return;
         }
         let req = session.req_header();
+        let client_ip = ctx.client.ip.map(headers::IpText::new);
         let line = access_log::Line {
             time: crate::logsink::now_rfc3339(),
             request_id: &ctx.client.request_id,
             listener: &self.listener.name,
-            client_ip: ctx.client.ip.map(|ip| ip.to_string()),
+            client_ip: client_ip.as_ref().map(headers::IpText::as_str),
             method: req.method.as_str(),
             host: &ctx.client.host,
             path: req.uri.path(),
             route: ctx.route.as_ref().map(|r| r.name.as_str()),
             pool: ctx.pool_name(),
-            backend: ctx.attempt.backend.as_ref().map(|m| m.addr.to_string()),
+            backend: ctx.attempt.backend.as_ref().map(|m| &*m.label),
             status,
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),

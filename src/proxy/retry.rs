@@ -17,7 +17,7 @@ pub(super) fn after_connect_failure(ctx: &mut Ctx) -> bool {
         ctx.route.as_ref().and_then(|r| r.pool()),
     ) {
         metrics::CONNECT_FAILURES
-            .with_label_values(&[pool.name.as_str(), &m.addr.to_string()])
+            .with_label_values(&[pool.name.as_str(), &m.label])
             .inc();
         pool.record_outcome(m, true);
         ctx.attempt.tried.push(m.addr);

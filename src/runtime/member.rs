@@ -59,6 +59,8 @@ pub(super) fn now_ms() -> u64 {
 #[derive(Debug, Clone)]
 pub struct Member {
     pub addr: SocketAddr,
+    /// `addr` as text, made once: for the access log and metric labels of every request.
+    pub label: Arc<str>,
     pub meta: Arc<BackendMeta>,
     pub stats: Arc<BackendStats>,
 }

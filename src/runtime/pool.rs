@@ -524,6 +524,7 @@ pub async fn resolve(backends: &[BackendConfig]) -> Vec<Member> {
             if !out.iter().any(|m| m.addr == addr) {
                 out.push(Member {
                     addr,
+                    label: addr.to_string().into(),
                     meta: meta.clone(),
                     stats: Default::default(),
                 });

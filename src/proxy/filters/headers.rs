@@ -48,35 +48,52 @@ pub fn forwarded(req: &mut RequestHeader, f: &Forwarded<'_>) -> pingora::Result<
     Ok(())
 }
 
-/// An IP address as a header value, formatted without an intermediate `String`; IPv4 (the
-/// common case) by hand, since `Display` through `fmt` was 1 % of a request's instructions.
+/// An IP address as a header value (see [`IpText`]).
 fn ip_value(ip: IpAddr) -> HeaderValue {
-    let mut buf = [0u8; 46];
-    let len = match ip {
-        IpAddr::V4(v4) => {
-            let mut at = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[at] = b'.';
-                    at += 1;
+    let text = IpText::new(ip);
+    HeaderValue::from_str(text.as_str()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// An IP address formatted on the stack, without an intermediate `String`; IPv4 (the common
+/// case) by hand, since `Display` through `fmt` was 1 % of a request's instructions.
+pub struct IpText {
+    buf: [u8; 46],
+    len: usize,
+}
+
+impl IpText {
+    pub fn new(ip: IpAddr) -> IpText {
+        let mut buf = [0u8; 46];
+        let len = match ip {
+            IpAddr::V4(v4) => {
+                let mut at = 0;
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        buf[at] = b'.';
+                        at += 1;
+                    }
+                    let mut digits = itoa::Buffer::new();
+                    let text = digits.format(octet).as_bytes();
+                    buf[at..at + text.len()].copy_from_slice(text);
+                    at += text.len();
                 }
-                let mut digits = itoa::Buffer::new();
-                let text = digits.format(octet).as_bytes();
-                buf[at..at + text.len()].copy_from_slice(text);
-                at += text.len();
+                at
             }
-            at
-        }
-        IpAddr::V6(_) => {
-            use std::io::Write;
-            let mut w = &mut buf[..];
-            match write!(w, "{ip}") {
-                Ok(()) => 46 - w.len(),
-                Err(_) => 0,
+            IpAddr::V6(_) => {
+                use std::io::Write;
+                let mut w = &mut buf[..];
+                match write!(w, "{ip}") {
+                    Ok(()) => 46 - w.len(),
+                    Err(_) => 0,
+                }
             }
-        }
-    };
-    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static(""))
+        };
+        IpText { buf, len }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
 }
 
 pub fn edit_request(req: &mut RequestHeader, edits: &HeaderEdits) -> pingora::Result<()> {
@@ -183,6 +200,7 @@ mod tests {
         ] {
             let parsed: IpAddr = ip.parse().unwrap();
             assert_eq!(ip_value(parsed).to_str().unwrap(), parsed.to_string());
+            assert_eq!(IpText::new(parsed).as_str(), parsed.to_string());
         }
     }
 

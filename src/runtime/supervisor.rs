@@ -192,7 +192,9 @@ impl Supervisor {
                     "pool {name}: DNS answers changed, {} members now",
                     fresh.len()
                 );
-                pool.lb.set_members(fresh).await;
+                pool.lb
+                    .set_members(fresh, pool.config.affinity.is_some())
+                    .await;
             }
         }
     }

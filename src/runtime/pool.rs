@@ -48,10 +48,7 @@ impl ServiceDiscovery for MemberDiscovery {
     async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
         let mut set = BTreeSet::new();
         for m in self.0.load().iter() {
-            set.insert(Backend::new_with_weight(
-                &m.addr.to_string(),
-                m.meta.weight,
-            )?);
+            set.insert(Backend::new_with_weight(&m.label, m.meta.weight)?);
         }
         Ok((set, HashMap::new()))
     }
@@ -220,11 +217,11 @@ impl Pool {
             }
         };
         for m in lb.members().iter() {
-            let addr = m.addr.to_string();
+            let addr = &*m.label;
             let healthy = lb.balancer.backends().ready(&backend_of(m));
-            crate::metrics::set_backend_healthy(name, &addr, healthy);
-            crate::metrics::set_backend_ejected(name, &addr, m.stats.is_ejected());
-            crate::metrics::CONNECT_FAILURES.with_label_values(&[name, addr.as_str()]);
+            crate::metrics::set_backend_healthy(name, addr, healthy);
+            crate::metrics::set_backend_ejected(name, addr, m.stats.is_ejected());
+            crate::metrics::CONNECT_FAILURES.with_label_values(&[name, addr]);
         }
         let queue = config
             .queue

@@ -22,15 +22,15 @@ use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::Arc;
 
-/// What a TLS backend's certificate type offers the store.
-/// Every listener certificate of `config` that cannot be loaded (unreadable, not PEM, key not
-/// matching), as a config problem with its place; relative file names are taken from `base`,
-/// the config file's folder. Part of checking a config, since the store is built from them.
 /// A file the config names: a relative name is taken from `base`, the config file's folder.
 pub fn from_config_folder(base: Option<&Path>, file: &str) -> std::path::PathBuf {
     base.map_or_else(|| Path::new(file).to_path_buf(), |b| b.join(file))
 }
 
+/// Every listener certificate of `config` that cannot be loaded (unreadable, not PEM, key not
+/// matching), and an unreadable ACME `directory_ca`, as a config problem with its place;
+/// relative file names are taken from `base`, the config file's folder. Part of checking a
+/// config, since the store is built from them.
 pub fn check_files<S: Stage>(config: &Config<S>, base: Option<&Path>) -> Vec<Problem> {
     let mut problems = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
@@ -53,6 +53,7 @@ pub fn check_files<S: Stage>(config: &Config<S>, base: Option<&Path>) -> Vec<Pro
     problems
 }
 
+/// What a TLS backend's certificate type offers the store.
 pub trait Certificate: Clone + Send + Sync + 'static {
     fn load(cert: &Path, key: &Path) -> Result<Self, TlsError>;
     fn self_signed(names: &[String]) -> Result<Self, TlsError>;

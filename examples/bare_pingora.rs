@@ -1,13 +1,14 @@
 //! The floor under switchyard's per-request cost: a Pingora proxy with nothing in it.
 //!
 //! One listener, one upstream, an empty `ProxyHttp` (no filters, no context, no metrics),
-//! one worker thread (or THREADS) without work stealing, upstream keep-alive. The load harness runs it
-//! beside nginx and switchyard (docs/benchmarks.md, "What Pingora itself costs") to split
-//! the gap to nginx into Pingora's share and switchyard's.
+//! one worker thread (or THREADS) without work stealing, upstream keep-alive; with CERT and
+//! KEY (PEM files) the listener terminates TLS (Pingora's rustls defaults). The load harness
+//! runs it beside nginx and switchyard (docs/benchmarks.md, "What Pingora itself costs") to
+//! split the gap to nginx into Pingora's share and switchyard's.
 //!
 //! ```sh
 //! cargo build --release --example bare_pingora
-//! taskset -c 1 target/release/examples/bare_pingora 127.0.0.1:18080 127.0.0.1:18081 [THREADS]
+//! taskset -c 1 target/release/examples/bare_pingora 127.0.0.1:18080 127.0.0.1:18081 [THREADS [CERT KEY]]
 //! ```
 
 use async_trait::async_trait;
@@ -36,7 +37,9 @@ impl ProxyHttp for Bare {
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        anyhow::bail!("usage: bare_pingora LISTEN UPSTREAM [THREADS] (host:port each; 1 thread)");
+        anyhow::bail!(
+            "usage: bare_pingora LISTEN UPSTREAM [THREADS [CERT KEY]] (host:port each; 1 thread)"
+        );
     };
     let upstream: SocketAddr = upstream.parse()?;
     let threads = args.next().map_or(Ok(1), |t| t.parse())?;
@@ -49,7 +52,10 @@ fn main() -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut proxy = http_proxy_service(&server.configuration, Bare(upstream));
-    proxy.add_tcp(&listen);
+    match (args.next(), args.next()) {
+        (Some(cert), Some(key)) => proxy.add_tls(&listen, &cert, &key)?,
+        _ => proxy.add_tcp(&listen),
+    }
     server.add_service(proxy);
     server.run_forever()
 }

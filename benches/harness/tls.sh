@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# TLS side by side: switchyard and nginx terminate TLS with the same certificate in front of
-# the same nginx upstream; wrk measures keep-alive requests/s and new connections/s (every
+# TLS side by side: switchyard, nginx and the bare Pingora proxy (examples/bare_pingora.rs,
+# Pingora's floor) terminate TLS with the same certificate in front of the same nginx
+# upstream; wrk measures keep-alive requests/s and new connections/s (every
 # request on a new TLS connection, `Connection: close`). Proxies on cpu1 with one worker,
 # wrk and the upstream on cpu0, like ../shared/bench/compare.sh. Bounded: ROUNDS x 2 runs of
-# DURATION seconds per proxy. Needs wrk, nginx, openssl and target/release/switchyard.
+# DURATION seconds per proxy. Needs wrk, nginx, openssl and target/release/switchyard (and
+# target/release/examples/bare_pingora for its row: `cargo build --release --bin switchyard
+# --example bare_pingora`).
 #   benches/harness/tls.sh            # prints a markdown table
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${SWITCHYARD_BIN:-$here/target/release/switchyard}
+bare=${BARE_BIN:-$here/target/release/examples/bare_pingora}
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-50}
 # shellcheck source=lib.sh
 . "$here/benches/harness/lib.sh"
 
-P_UP=18201 P_NGINX=18202 P_OURS=18203 P_ADMIN=18204
+P_UP=18201 P_NGINX=18202 P_OURS=18203 P_ADMIN=18204 P_BARE=18205
 edge_cert
 
 body=$(head -c 127 /dev/zero | tr '\0' 'x')
@@ -49,7 +53,17 @@ RUST_LOG=warn taskset -c 1 "$bin" run -c "$work/switchyard.yaml" >"$work/sy.log"
 pids+=($!)
 ours_pid=$!
 
-for port in $P_NGINX $P_OURS; do
+ports=("$P_NGINX" "$P_OURS")
+bare_pid=
+if [[ -x $bare ]]; then
+  taskset -c 1 "$bare" "127.0.0.1:$P_BARE" "127.0.0.1:$P_UP" 1 "$work/edge.crt" "$work/edge.key" \
+    >"$work/bare.log" 2>&1 &
+  pids+=($!)
+  bare_pid=$!
+  ports+=("$P_BARE")
+fi
+
+for port in "${ports[@]}"; do
   for _ in $(seq 1 100); do
     curl -skf -o /dev/null "https://127.0.0.1:$port/" && break
     sleep 0.1
@@ -90,5 +104,6 @@ for mode in keepalive newconn; do
   for r in $(seq 1 "$ROUNDS"); do
     run nginx "$nginx_pid" "$P_NGINX" "${args[@]}"
     run switchyard "$ours_pid" "$P_OURS" "${args[@]}"
+    if [[ -n $bare_pid ]]; then run "bare Pingora" "$bare_pid" "$P_BARE" "${args[@]}"; fi
   done
 done

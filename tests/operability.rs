@@ -132,6 +132,9 @@ routes:
     assert_eq!(v["status"], 200);
     assert_eq!(v["path"], "/x");
     assert!(v["upstream_ms"].as_f64().is_some(), "{line}");
+    let time = v["time"].as_str().expect("a time string");
+    assert!(time.parse::<humantime::Timestamp>().is_ok(), "{line}");
+    assert!(v["error"].is_null(), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

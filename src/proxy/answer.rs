@@ -14,7 +14,7 @@ pub(super) struct Local<'a> {
     pub status: u16,
     pub body: Bytes,
     pub content_type: &'a str,
-    pub request_id: &'a str,
+    pub request_id: &'a HeaderValue,
     pub extra: &'a [(HeaderName, HeaderValue)],
     /// `Some(tls)` adds the security headers.
     pub security: Option<bool>,
@@ -29,7 +29,7 @@ impl Local<'_> {
         let mut r = ResponseHeader::build(self.status, Some(6))?;
         r.insert_header("content-type", self.content_type)?;
         r.insert_header("content-length", self.body.len().to_string())?;
-        r.insert_header(request_id::HEADER, self.request_id)?;
+        r.insert_header(request_id::HEADER, self.request_id.clone())?;
         for (n, v) in self.extra {
             r.insert_header(n.clone(), v.clone())?;
         }

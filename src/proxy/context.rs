@@ -28,9 +28,8 @@ pub struct Ctx {
 }
 
 /// Who is asking: the request id and what the policies found out about the client.
-#[derive(Default)]
 pub(super) struct Client {
-    pub(super) request_id: String,
+    pub(super) request_id: http::HeaderValue,
     pub(super) ip: Option<IpAddr>,
     /// The socket peer, which may be a trusted proxy in front.
     pub(super) peer_ip: Option<IpAddr>,
@@ -41,6 +40,21 @@ pub(super) struct Client {
     pub(super) cors_origin: Option<http::HeaderValue>,
     /// `x-ratelimit-*` of the route's limits, for every answer.
     pub(super) limit_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl Default for Client {
+    fn default() -> Client {
+        Client {
+            // Set by the first hook, before anything reads it.
+            request_id: http::HeaderValue::from_static(""),
+            ip: None,
+            peer_ip: None,
+            host: String::new(),
+            key: None,
+            cors_origin: None,
+            limit_headers: Vec::new(),
+        }
+    }
 }
 
 /// The backends tried so far and the one being tried.

@@ -125,7 +125,7 @@ impl ProxyHttp for Edge {
                 tls: self.listener.tls,
             },
         )?;
-        req.insert_header(request_id::HEADER, ctx.client.request_id.as_str())?;
+        req.insert_header(request_id::HEADER, ctx.client.request_id.clone())?;
         if route.keys.is_some() {
             // The client's key is for switchyard; it never goes upstream.
             req.remove_header(&http::header::AUTHORIZATION);
@@ -235,7 +235,7 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.attempt.response_started = true;
-        resp.insert_header(request_id::HEADER, ctx.client.request_id.as_str())?;
+        resp.insert_header(request_id::HEADER, ctx.client.request_id.clone())?;
         for (name, value) in &ctx.client.limit_headers {
             resp.insert_header(name.clone(), value.clone())?;
         }
@@ -377,8 +377,8 @@ impl ProxyHttp for Edge {
         let req = session.req_header();
         let client_ip = ctx.client.ip.map(headers::IpText::new);
         let line = access_log::Line {
-            time: crate::logsink::now_rfc3339(),
-            request_id: &ctx.client.request_id,
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()),
+            request_id: request_id::text(&ctx.client.request_id),
             listener: &self.listener.name,
             client_ip: client_ip.as_ref().map(headers::IpText::as_str),
             method: req.method.as_str(),
@@ -393,7 +393,7 @@ impl ProxyHttp for Edge {
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             upstream_ms: ctx.attempt.upstream_ms,
             tries: ctx.attempt.tries,
-            error: e.map(|e| e.etype().as_str().to_string()),
+            error: e.map(|e| e.etype().as_str()),
             queued_ms: ctx.queue.waited.map(|d| d.as_secs_f64() * 1000.0),
             priority: ctx.queue.priority.map(|p| p.as_str()),
             tokens: ctx.tokens.used,

@@ -117,7 +117,7 @@ pub(super) fn fall_back(ctx: &mut Ctx, status: u16) -> bool {
     log::debug!(
         "route {}: request {} falls back from {from} to {next}",
         route.name,
-        ctx.client.request_id
+        super::filters::request_id::text(&ctx.client.request_id)
     );
     true
 }

@@ -22,12 +22,43 @@ pub use upstream::{TcpEcho, Upstream};
 /// The admin key of every test config (unless `ADMIN_KEY` is set for the process).
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef0123";
 
-/// A free loopback port (the kernel picks it; the listener is closed right away).
+/// A free loopback port for a process the test starts (switchyard's listeners and admin,
+/// HAProxy, Pebble): checked free by binding it, then closed for that process to bind.
+///
+/// Taken below the kernel's ephemeral range, never from `bind(0)`: a port the kernel handed
+/// out and got back is the next one it may hand to any `bind(0)` or outgoing connection, and
+/// tests run in parallel. That happened (another test's upstream took the port in the
+/// ~100 ms before the proxy bound it, and the test talked HTTP/2 to that upstream). Below the
+/// range no test server or client is given it by the kernel, and within the test process
+/// each port is handed out once, from a start that depends on the process id.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (first, span) = reserved_ports();
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = first + (start + n) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {first}..{}", first + span);
+}
+
+/// The ports under the kernel's ephemeral range (`ip_local_port_range`) that `free_port`
+/// hands out: the first and how many, above the privileged ports.
+fn reserved_ports() -> (u32, u32) {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let first = low.saturating_sub(16384).max(1024);
+    assert!(low > first + 1024, "ephemeral ports start too low ({low})");
+    (first, low - first)
 }
 
 pub fn bin() -> &'static str {

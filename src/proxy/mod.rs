@@ -52,24 +52,31 @@ pub struct Edge {
 
 #[async_trait]
 impl ProxyHttp for Edge {
-    type CTX = Ctx;
+    /// On the heap: Pingora keeps the context inside the request's future, which it builds on
+    /// the stack and then moves, twice per request; boxed, the context's 832 bytes are not
+    /// copied along (docs/benchmarks.md, "the context on the heap").
+    type CTX = Box<Ctx>;
 
-    fn new_ctx(&self) -> Ctx {
-        Ctx::new()
+    fn new_ctx(&self) -> Box<Ctx> {
+        Box::new(Ctx::new())
     }
 
-    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Box<Ctx>) -> Result<()> {
         if let Some(guard) = session.as_downstream().stream().and_then(HeadGuard::of) {
             guard.disarm();
         }
         Ok(())
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
         self.admit(session, ctx).await
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<Box<HttpPeer>> {
         upstream::choose_peer(session, ctx).await
     }
 
@@ -77,7 +84,7 @@ impl ProxyHttp for Edge {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
         mut e: Box<Error>,
     ) -> Box<Error> {
         e.set_retry(retry::after_connect_failure(ctx));
@@ -89,7 +96,7 @@ impl ProxyHttp for Edge {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -102,7 +109,7 @@ impl ProxyHttp for Edge {
         &self,
         _session: &mut Session,
         req: &mut RequestHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         let Some(route) = ctx.route.clone() else {
             return Ok(());
@@ -152,7 +159,7 @@ impl ProxyHttp for Edge {
         session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         if let Some(replay) = &ctx.body.replay {
             replay.apply(body, end_of_stream);
@@ -192,7 +199,7 @@ impl ProxyHttp for Edge {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         let status = resp.status.as_u16();
         ctx.attempt.upstream_ms = ctx
@@ -232,7 +239,7 @@ impl ProxyHttp for Edge {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         ctx.attempt.response_started = true;
         resp.insert_header(request_id::HEADER, ctx.client.request_id.clone())?;
@@ -265,7 +272,7 @@ impl ProxyHttp for Edge {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<Option<Duration>> {
         if ctx.deadline.is_some_and(|d| Instant::now() > d) {
             return Error::e_explain(HTTPStatus(504), "route timeouts.total passed");
@@ -285,7 +292,12 @@ impl ProxyHttp for Edge {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Box<Ctx>,
+    ) -> FailToProxy {
         let code = retry::status_for(e);
         if code == 0 || ctx.attempt.response_started || session.response_written().is_some() {
             return FailToProxy {
@@ -333,7 +345,7 @@ impl ProxyHttp for Edge {
 
     /// An answered failure (502, 503, 504, a client gone) is in the access log; Pingora's
     /// ERROR "Fail to proxy" line is kept for faults of the proxy itself.
-    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Box<Ctx>, e: &Error) -> bool {
         retry::answered(e)
     }
 
@@ -341,14 +353,14 @@ impl ProxyHttp for Edge {
     fn suppress_proxy_warn_log(
         &self,
         _session: &Session,
-        _ctx: &Ctx,
+        _ctx: &Box<Ctx>,
         _e: &Error,
         _context: pingora::proxy::ProxyWarnLogContext,
     ) -> bool {
         true
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<Ctx>) {
         limits::charge(
             ctx,
             Some((session.body_bytes_read(), session.body_bytes_sent())),

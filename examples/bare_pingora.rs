@@ -20,6 +20,8 @@ use std::net::SocketAddr;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+const USAGE: &str = "usage: bare_pingora LISTEN UPSTREAM [THREADS [CERT KEY]] (host:port each)";
+
 /// Sends every request to one upstream address.
 struct Bare(SocketAddr);
 
@@ -37,9 +39,7 @@ impl ProxyHttp for Bare {
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        anyhow::bail!(
-            "usage: bare_pingora LISTEN UPSTREAM [THREADS [CERT KEY]] (host:port each; 1 thread)"
-        );
+        anyhow::bail!(USAGE);
     };
     let upstream: SocketAddr = upstream.parse()?;
     let threads = args.next().map_or(Ok(1), |t| t.parse())?;
@@ -52,9 +52,10 @@ fn main() -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut proxy = http_proxy_service(&server.configuration, Bare(upstream));
-    match (args.next(), args.next()) {
-        (Some(cert), Some(key)) => proxy.add_tls(&listen, &cert, &key)?,
-        _ => proxy.add_tcp(&listen),
+    match (args.next(), args.next(), args.next()) {
+        (Some(cert), Some(key), None) => proxy.add_tls(&listen, &cert, &key)?,
+        (None, None, None) => proxy.add_tcp(&listen),
+        _ => anyhow::bail!(USAGE),
     }
     server.add_service(proxy);
     server.run_forever()

@@ -333,8 +333,8 @@ async fn reload_keeps_serving_when_the_new_binary_refuses_the_config() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ready_waits_until_every_listener_is_bound() {
     let up = Upstream::start("up").await;
-    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = squatter.local_addr().expect("addr").port();
+    let port = free_port();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
     let mut p = Proxy::new();
     let systemd = FakeSystemd::attach(&mut p);
     p.write_config(&config(port, &up));

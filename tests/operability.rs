@@ -142,7 +142,7 @@ async fn access_log_fields_can_be_picked() {
     let up = Upstream::start("up").await;
     let port = free_port();
     let p = Proxy::start(&format!(
-        "{}edge:\n  access_log: {{enabled: true, fields: [request_id, status]}}\n",
+        "{}edge:\n  access_log: {{enabled: true, fields: [status, time, request_id]}}\n",
         common::one_pool(port, up.addr, "")
     ))
     .await;
@@ -161,7 +161,10 @@ async fn access_log_fields_can_be_picked() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["request_id", "status"], "{line}");
+    // In the line's own order, whatever the list's.
+    assert_eq!(keys, ["time", "request_id", "status"], "{line}");
+    let time = v["time"].as_str().expect("a time string");
+    assert!(time.parse::<humantime::Timestamp>().is_ok(), "{line}");
 }
 
 #[test]

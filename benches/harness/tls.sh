@@ -69,6 +69,11 @@ for port in "${ports[@]}"; do
     sleep 0.1
   done
 done
+if [[ -n $bare_pid ]] && ! curl -skf -o /dev/null "https://127.0.0.1:$P_BARE/"; then
+  echo "bare Pingora did not come up (see below); its rows are left out" >&2
+  cat "$work/bare.log" >&2
+  bare_pid=
+fi
 
 cpu_ticks() {  # pid: utime+stime of the process and its children processes
   local total=0 p

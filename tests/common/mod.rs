@@ -25,16 +25,22 @@ pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef0123";
 /// A free loopback port for a process the test starts (switchyard's listeners and admin,
 /// HAProxy, Pebble): checked free by binding it, then closed for that process to bind.
 ///
-/// Taken below the kernel's ephemeral range, never from `bind(0)`: a port the kernel handed
-/// out and got back is the next one it may hand to any `bind(0)` or outgoing connection, and
-/// tests run in parallel. That happened (another test's upstream took the port in the
-/// ~100 ms before the proxy bound it, and the test talked HTTP/2 to that upstream). Below the
-/// range no test server or client is given it by the kernel, and within the test process
-/// each port is handed out once, from a start that depends on the process id.
+/// Taken outside the kernel's ephemeral range, not from `bind(0)`: a port the kernel handed
+/// out and got back may be the next it hands to any `bind(0)` or outgoing connection, and
+/// tests run in parallel, so another test's upstream could take it in the ~100 ms before the
+/// proxy binds it (the likely cause of a connection reset seen once in CI). Outside the range
+/// the kernel gives it to no test server or client, and within the test process each port is
+/// handed out once, from a start that depends on the process id.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let (first, span) = reserved_ports();
+    if span == 0 {
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port on 127.0.0.1");
+    }
     let start = std::process::id().wrapping_mul(7919) % span;
     for _ in 0..span {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -49,16 +55,30 @@ pub fn free_port() -> u16 {
     panic!("no free port on 127.0.0.1 in {first}..{}", first + span);
 }
 
-/// The ports under the kernel's ephemeral range (`ip_local_port_range`) that `free_port`
-/// hands out: the first and how many, above the privileged ports.
+/// The ports outside the kernel's ephemeral range (`ip_local_port_range`) that `free_port`
+/// hands out: the first and how many. Below the range when there is room above the
+/// privileged ports (the usual `32768 60999`), else above it, else none (0, 0).
 fn reserved_ports() -> (u32, u32) {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768);
-    let first = low.saturating_sub(16384).max(1024);
-    assert!(low > first + 1024, "ephemeral ports start too low ({low})");
-    (first, low - first)
+    let range: Vec<u32> = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let (low, high) = match range[..] {
+        [low, high] => (low, high),
+        _ => (32768, 60999),
+    };
+    const ENOUGH: u32 = 1024;
+    let below = low.saturating_sub(16384).max(1024);
+    if low >= below + ENOUGH {
+        return (below, low - below);
+    }
+    let above = high + 1;
+    if above + ENOUGH <= 65536 {
+        return (above, 65536 - above);
+    }
+    // The whole range is ephemeral: only the kernel's choice is left.
+    (0, 0)
 }
 
 pub fn bin() -> &'static str {

@@ -83,7 +83,12 @@ static STARTING: Mutex<()> = Mutex::new(());
 
 /// The time of a log line: RFC 3339 in UTC, to the millisecond.
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+    now().to_string()
+}
+
+/// [`now_rfc3339`] before it is formatted, for a line that writes it in place.
+pub fn now() -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now())
 }
 
 /// Queues `line` (ending in a newline) for `out`, or drops and counts it when the queue is

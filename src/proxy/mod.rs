@@ -389,7 +389,7 @@ impl ProxyHttp for Edge {
         let req = session.req_header();
         let client_ip = ctx.client.ip.map(headers::IpText::new);
         let line = access_log::Line {
-            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()),
+            time: crate::logsink::now(),
             request_id: request_id::text(&ctx.client.request_id),
             listener: &self.listener.name,
             client_ip: client_ip.as_ref().map(headers::IpText::as_str),
